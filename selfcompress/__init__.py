@@ -1,0 +1,17 @@
+"""selfcompress: Keras 3 networks that learn to make themselves small."""
+
+from selfcompress import compressors
+from selfcompress import layers
+from selfcompress.callbacks import SafetyMonitor, TrainingDivergedError
+from selfcompress.convert import compress
+from selfcompress.graph import ChannelGraph
+from selfcompress.model import SelfCompressingModel
+from selfcompress.accounting import SizeReport, size, summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelGraph", "SafetyMonitor", "SelfCompressingModel", "SizeReport",
+    "TrainingDivergedError", "compress", "compressors", "layers", "size",
+    "summary",
+]

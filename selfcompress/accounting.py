@@ -1,0 +1,239 @@
+"""Size accounting: the one place where a model's size is computed.
+
+The training penalty, the metrics logged during training, the printed summary
+and the export check all call `account()`.
+
+Storage rules (bits):
+  * compressed layer: `sum_o storage_bits_o * fan_in_o` over alive output
+    channels `o`, where `fan_in_o` counts only inputs fed by alive channels
+    (times the kernel area); plus a float32 bias and the compressor's
+    per-channel parameters (bit depth, scale) for each alive channel.
+  * uncompressed Dense/Conv: 32 bits per weight on alive inputs, plus bias.
+  * BatchNormalization: folded into a per-channel scale and shift at
+    inference, 2 x 32 bits per alive channel.
+  * any other layer with weights: 32 bits per parameter.
+The float32 reference is the same rules applied to the original network with
+every channel alive and 32 bits everywhere, so the ratio compares like for
+like. 1 KB = 1000 bytes.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from selfcompress import graph as graph_lib
+from selfcompress.layers import CompressedLayer
+
+FLOAT_BITS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSize:
+  name: str
+  kind: str
+  channels_alive: int
+  channels_total: int
+  inputs_alive: int
+  inputs_total: int
+  weights_alive: int
+  weights_total: int
+  mean_bits: float
+  weight_bits: int
+  other_bits: int
+  float_bits: int
+
+  @property
+  def bits(self):
+    return self.weight_bits + self.other_bits
+
+  @property
+  def bytes(self):
+    return self.bits / 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeReport:
+  """Size of a model, per layer and in total. Print it with `summary()`."""
+  layers: tuple
+
+  @property
+  def bits(self):
+    return sum(l.bits for l in self.layers)
+
+  @property
+  def bytes(self):
+    return self.bits / 8
+
+  @property
+  def kb(self):
+    return self.bytes / 1000
+
+  @property
+  def float_bits(self):
+    return sum(l.float_bits for l in self.layers)
+
+  @property
+  def float_kb(self):
+    return self.float_bits / 8000
+
+  @property
+  def compression_ratio(self):
+    return self.float_bits / max(self.bits, 1)
+
+  @property
+  def weights_alive(self):
+    return sum(l.weights_alive for l in self.layers)
+
+  @property
+  def weights_total(self):
+    return sum(l.weights_total for l in self.layers)
+
+  @property
+  def bits_per_weight(self):
+    weight_bits = sum(l.weight_bits for l in self.layers)
+    return weight_bits / max(self.weights_alive, 1)
+
+  def layer(self, name):
+    for l in self.layers:
+      if l.name == name:
+        return l
+    raise KeyError(f"No layer named {name!r} in the report.")
+
+  def as_dict(self):
+    return {
+        "kb": self.kb, "bits": self.bits, "float_kb": self.float_kb,
+        "compression_ratio": self.compression_ratio,
+        "bits_per_weight": self.bits_per_weight,
+        "weights_alive": self.weights_alive,
+        "weights_total": self.weights_total,
+        "layers": [dict(dataclasses.asdict(l), bits=l.bits)
+                   for l in self.layers],
+    }
+
+
+def account(model, flow=None):
+  """Per-layer size terms of `model` as tensors (usable in a train step).
+
+  Returns a dict of layer -> dict with the tensors `alive`, `fan_in`,
+  `weight_bits`, `other_bits`, `penalty_bits` and the Python numbers
+  `float_bits`, `weights_total`, `kind`.
+  """
+  g = graph_lib.ChannelGraph.of(model)
+  flow = flow or g.propagate()
+  terms = {}
+  for layer in g.layers:
+    out_alive = flow.out_alive[layer]
+    t = {"kind": type(layer).__name__, "alive": out_alive,
+         "channels_total": int(out_alive.shape[0])}
+    if layer in flow.fan_in:
+      fi = ops.stop_gradient(flow.fan_in[layer])
+      full = graph_lib.kernel_fan_in(layer)
+      n_out = int(out_alive.shape[0])
+      bias = FLOAT_BITS if layer.bias is not None else 0
+      t["fan_in"] = fi
+      t["in_alive"] = flow.in_alive[layer]
+      t["weights_alive"] = ops.sum(fi * out_alive)
+      t["weights_total"] = full * n_out
+      t["float_bits"] = (full + (1 if bias else 0)) * n_out * FLOAT_BITS
+      if isinstance(layer, CompressedLayer):
+        c = layer.compressor
+        per_channel = bias + c.overhead_bits_per_channel
+        t["weight_bits"] = ops.sum(c.storage_bits() * fi * out_alive)
+        t["penalty_bits"] = ops.sum(c.penalty_bits() * fi)
+      else:
+        per_channel = bias
+        t["weight_bits"] = FLOAT_BITS * t["weights_alive"]
+      t["other_bits"] = per_channel * ops.sum(out_alive)
+    elif isinstance(layer, keras.layers.BatchNormalization):
+      t["weight_bits"] = 0.0
+      t["other_bits"] = 2 * FLOAT_BITS * ops.sum(out_alive)
+      t["float_bits"] = 2 * FLOAT_BITS * t["channels_total"]
+    elif layer.weights:
+      params = sum(int(np.prod(v.shape)) for v in layer.weights)
+      t["weight_bits"] = 0.0
+      t["other_bits"] = float(FLOAT_BITS * params)
+      t["float_bits"] = FLOAT_BITS * params
+    else:
+      continue
+    terms[layer] = t
+  return terms
+
+
+def size_penalty(terms):
+  """The differentiable size term Q: penalty bits per weight of the
+  compressed layers (the paper's normalised size)."""
+  compressed = [t for t in terms.values() if "penalty_bits" in t]
+  if not compressed:
+    raise ValueError("The model has no self-compressing layers.")
+  total = sum(t["weights_total"] for t in compressed)
+  return ops.sum(ops.stack([t["penalty_bits"] for t in compressed])) / total
+
+
+def totals(terms):
+  """Model totals as tensors: bits, alive channels and alive weights."""
+  bits = sum(t["weight_bits"] + t["other_bits"] for t in terms.values())
+  weight_bits = sum(t["weight_bits"] for t in terms.values())
+  compressed = [t for t in terms.values() if "penalty_bits" in t]
+  alive = sum(ops.sum(t["alive"]) for t in compressed)
+  weights = sum(t.get("weights_alive", 0.0) for t in terms.values())
+  float_bits = sum(t["float_bits"] for t in terms.values())
+  return {"bits": bits, "weight_bits": weight_bits, "alive_channels": alive,
+          "weights_alive": weights, "float_bits": float_bits}
+
+
+def size(model):
+  """Exact size of `model`: a `SizeReport` with one row per layer."""
+  rows = []
+  for layer, t in account(model).items():
+    alive = np.asarray(t["alive"])
+    channels_alive = int(alive.sum())
+    weight_bits = float(t["weight_bits"])
+    if "fan_in" in t:
+      in_alive = np.asarray(t["in_alive"])
+      inputs_alive, inputs_total = int(in_alive.sum()), int(in_alive.size)
+      weights_alive = int(round(float(t["weights_alive"])))
+      weights_total = int(t["weights_total"])
+    else:
+      inputs_alive = inputs_total = 0
+      weights_alive = weights_total = 0
+    if isinstance(layer, CompressedLayer):
+      mean_bits = weight_bits / max(weights_alive, 1)
+    else:
+      mean_bits = float(FLOAT_BITS) if weights_total else 0.0
+    rows.append(LayerSize(
+        name=layer.name, kind=t["kind"], channels_alive=channels_alive,
+        channels_total=t["channels_total"], inputs_alive=inputs_alive,
+        inputs_total=inputs_total, weights_alive=weights_alive,
+        weights_total=weights_total, mean_bits=mean_bits,
+        weight_bits=int(round(weight_bits)),
+        other_bits=int(round(float(t["other_bits"]))),
+        float_bits=int(t["float_bits"])))
+  return SizeReport(tuple(rows))
+
+
+def summary(model, print_fn=print):
+  """Prints the size report of `model` as a table (like larq's summary)."""
+  report = model if isinstance(model, SizeReport) else size(model)
+  header = ("Layer", "Kind", "Channels", "Inputs", "Weights", "Bits/w",
+            "Size (B)", "Float (B)")
+  rows = [(l.name, l.kind, f"{l.channels_alive}/{l.channels_total}",
+           f"{l.inputs_alive}/{l.inputs_total}" if l.inputs_total else "-",
+           f"{l.weights_alive}/{l.weights_total}" if l.weights_total else "-",
+           f"{l.mean_bits:.2f}" if l.weights_total else "-",
+           f"{l.bytes:,.1f}", f"{l.float_bits / 8:,.0f}")
+          for l in report.layers]
+  widths = [max(len(str(r[i])) for r in rows + [header])
+            for i in range(len(header))]
+  line = "+".join("-" * (w + 2) for w in widths)
+  fmt = lambda r: " | ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w)
+                             for i, (v, w) in enumerate(zip(r, widths)))
+  lines = [fmt(header), line] + [fmt(r) for r in rows] + [line]
+  lines.append(
+      f"Total: {report.kb:.3f} KB ({report.bits:,} bits) vs float32 "
+      f"{report.float_kb:.3f} KB: {report.compression_ratio:.1f}x smaller; "
+      f"{report.weights_alive:,}/{report.weights_total:,} weights alive at "
+      f"{report.bits_per_weight:.2f} bits each (1 KB = 1000 bytes).")
+  print_fn("\n".join(lines))
+  return report

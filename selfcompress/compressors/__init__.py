@@ -1,0 +1,53 @@
+"""Per-channel compression methods, looked up by name like Keras quantizers."""
+
+
+from selfcompress.compressors.base import ChannelCompressor
+from selfcompress.compressors.bits import BitDepth
+
+_REGISTRY = {
+    "bits": BitDepth,
+    "bit_depth": BitDepth,
+}
+
+
+def register(name, cls):
+  """Makes `cls` available to `get()` under `name`."""
+  if not issubclass(cls, ChannelCompressor):
+    raise TypeError(f"{cls} is not a ChannelCompressor subclass.")
+  _REGISTRY[name] = cls
+
+
+def serialize(compressor):
+  return {"class_name": type(compressor).__name__,
+          "config": compressor.get_config()}
+
+
+def get(identifier, **overrides):
+  """Returns a new compressor from a name, a config dict or an instance.
+
+  A fresh object is always returned: a compressor holds one layer's
+  variables and must never be shared between layers.
+  """
+  if isinstance(identifier, ChannelCompressor):
+    config = {**identifier.get_config(), **overrides}
+    return type(identifier).from_config(config)
+  if isinstance(identifier, str):
+    cls = _REGISTRY.get(identifier)
+    if cls is None:
+      raise ValueError(
+          f"Unknown compressor {identifier!r}. Known: {sorted(_REGISTRY)}; "
+          "or pass a ChannelCompressor instance.")
+    return cls(**overrides)
+  if isinstance(identifier, dict) and "class_name" in identifier:
+    classes = {c.__name__: c for c in _REGISTRY.values()}
+    cls = classes.get(identifier["class_name"])
+    if cls is None:
+      raise ValueError(f"Unknown compressor class {identifier['class_name']!r}."
+                       f" Known: {sorted(classes)}.")
+    return cls.from_config({**identifier.get("config", {}), **overrides})
+  raise ValueError(
+      "Could not interpret compressor. Expected a name, a serialized dict or "
+      f"a ChannelCompressor. Received: {identifier!r}")
+
+
+__all__ = ["ChannelCompressor", "BitDepth", "get", "serialize", "register"]

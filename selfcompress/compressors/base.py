@@ -1,0 +1,127 @@
+"""The interface every per-channel compression method implements.
+
+A compressor owns the learnable compression parameters of one layer, one set
+per output channel (a bit depth and an exponent, a gate, ...). The layer asks
+it for the kernel and bias to use in the forward pass; the size accounting
+asks it which channels are alive and how many bits each weight of a channel
+costs. Layers never branch on the kind of compressor, so a new method slots in
+by subclassing `ChannelCompressor` and registering it.
+"""
+
+import keras
+from keras import ops
+
+
+class ChannelCompressor:
+  """Base class of the per-output-channel compression parameters of a layer.
+
+  Subclasses create their variables in `build()` through `layer.add_weight`,
+  so they live on the layer: they are checkpointed, saved in `.keras` files
+  and placed by `tf.distribute` like any other weight.
+
+  Args:
+    min_channels: the number of channels that are kept alive whatever the
+      size penalty says. The layer's `min_channels` argument sets it.
+  """
+
+  #: Storage, in bits, of one alive channel's compression parameters.
+  overhead_bits_per_channel = 0
+
+  def __init__(self, min_channels=0):
+    if int(min_channels) != min_channels or min_channels < 0:
+      raise ValueError(
+          "`min_channels` must be a non-negative integer. "
+          f"Received: min_channels={min_channels}")
+    self.min_channels = int(min_channels)
+    self.num_channels = None
+    self._param_shape = None
+
+  def build(self, layer, kernel, param_shape):
+    """Creates the variables on `layer`.
+
+    Args:
+      layer: the layer that owns the variables.
+      kernel: the layer's kernel variable (already initialised).
+      param_shape: the shape a per-channel vector takes to broadcast against
+        the kernel, e.g. `(1, units)` for Dense, `(1, 1, in, mult)` for
+        DepthwiseConv2D. Channel `o` is the `o`-th element in row-major order.
+    """
+    self._param_shape = tuple(int(d) for d in param_shape)
+    self.num_channels = 1
+    for d in self._param_shape:
+      self.num_channels *= d
+
+  def initialize(self, kernel):
+    """Re-derives data-dependent parameters from the kernel's current values.
+
+    Called after weights are copied into a layer by `compress()`.
+    """
+
+  # -- forward pass ---------------------------------------------------------
+
+  def kernel(self, kernel, training=False):
+    """Returns the kernel the layer computes with."""
+    raise NotImplementedError
+
+  def bias(self, bias, training=False):
+    """Returns the bias the layer computes with: dead channels get zero."""
+    return ops.multiply(bias, ops.cast(self.alive(), bias.dtype))
+
+  # -- accounting -----------------------------------------------------------
+
+  def alive(self):
+    """A float 0/1 vector, 1 for each channel that is alive (exact)."""
+    raise NotImplementedError
+
+  def storage_bits(self):
+    """Bits each weight of a channel takes when stored, per channel (exact)."""
+    raise NotImplementedError
+
+  def penalty_bits(self):
+    """A differentiable stand-in for `storage_bits()`, used by the penalty."""
+    raise NotImplementedError
+
+  def held_channels(self):
+    """Channels kept alive only by `min_channels` (0/1 vector)."""
+    return ops.zeros((self.num_channels,))
+
+  def flat(self, tensor):
+    return ops.reshape(tensor, (self.num_channels,))
+
+  def broadcast(self, vector):
+    return ops.reshape(vector, self._param_shape)
+
+  def get_config(self):
+    return {"min_channels": self.min_channels}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
+
+  def __repr__(self):
+    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+    return f"{type(self).__name__}({args})"
+
+
+def reduce_axes(param_shape):
+  """Kernel axes that a per-channel parameter is broadcast over."""
+  return tuple(i for i, d in enumerate(param_shape) if d == 1)
+
+
+def keep_top_channels(values, min_channels):
+  """0/1 vector marking the `min_channels` largest entries of `values`."""
+  n = values.shape[0]
+  k = min(int(min_channels), n)
+  if k <= 0:
+    return ops.zeros_like(values)
+  if k >= n:
+    return ops.ones_like(values)
+  kth = ops.top_k(values, k, sorted=True)[0][k - 1]
+  return ops.cast(ops.greater_equal(values, kth), values.dtype)
+
+
+def add_param(layer, name, shape, value, trainable=True):
+  return layer.add_weight(
+      name=name, shape=shape,
+      initializer=keras.initializers.Constant(value),
+      trainable=trainable, autocast=False)

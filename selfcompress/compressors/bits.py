@@ -1,0 +1,152 @@
+"""Learnable per-channel bit depth and exponent (Cséfalvay & Imber, 2023)."""
+
+import math
+
+from keras import ops
+
+from selfcompress.compressors import base
+
+
+class BitDepth(base.ChannelCompressor):
+  """Quantizes each output channel to a learnable number of bits.
+
+  `q(x, b, e) = 2^e * round(clip(2^-e * x, -2^(b-1), 2^(b-1) - 1))`
+
+  with one real-valued bit depth `b` and exponent `e` per output channel.
+  `round` is straight-through, so gradients reach the weights, `b` (through
+  the clip bounds) and `e`. A channel with `b <= 0` is dead: its weights and
+  bias are exactly zero. Stored, a weight of an alive channel takes `ceil(b)`
+  bits (two's complement holds the clipped range exactly); the training
+  penalty uses the real-valued `max(b, 0)`.
+
+  `e` is initialised from each channel's largest |w| so that the first
+  quantized weights are the float weights rounded to the `b`-bit grid (a fixed
+  `e` init collapses training to chance when it rounds every weight to zero).
+
+  Args:
+    bits_init: initial bit depth of every channel, > 1.
+    lr_multiplier: `b` and `e` are stored divided by this factor and
+      multiplied back in the forward pass. With Adam-family optimizers, whose
+      step does not depend on the gradient's scale, their learning rate is
+      thus `lr_multiplier` times the optimizer's; with plain SGD it is
+      `lr_multiplier**2` times.
+    held_bits: bit depth given to channels that `min_channels` keeps alive
+      after the penalty drove them below it.
+    min_channels: channels kept alive whatever the penalty says.
+
+  References:
+    Cséfalvay & Imber, "Self-Compressing Neural Networks", arXiv 2301.13142.
+  """
+
+  #: Per alive channel: the bit depth as uint8 and the scale 2^e as float32.
+  overhead_bits_per_channel = 8 + 32
+
+  def __init__(self, bits_init=8.0, lr_multiplier=100.0, held_bits=2.0,
+               min_channels=0):
+    super().__init__(min_channels=min_channels)
+    if not bits_init > 1:
+      raise ValueError(
+          "`bits_init` must be > 1 (a 1-bit grid has no positive level to "
+          f"initialise the exponent from). Received: bits_init={bits_init}")
+    if not lr_multiplier > 0:
+      raise ValueError("`lr_multiplier` must be > 0. "
+                       f"Received: lr_multiplier={lr_multiplier}")
+    if not held_bits >= 1:
+      raise ValueError(f"`held_bits` must be >= 1. Received: held_bits={held_bits}")
+    self.bits_init = float(bits_init)
+    self.lr_multiplier = float(lr_multiplier)
+    self.held_bits = float(held_bits)
+
+  def build(self, layer, kernel, param_shape):
+    super().build(layer, kernel, param_shape)
+    n = (self.num_channels,)
+    self.bits_param = base.add_param(
+        layer, "bits", n, self.bits_init / self.lr_multiplier)
+    self.exponent_param = base.add_param(layer, "exponent", n, 0.0)
+    self.initialize(kernel)
+
+  def initialize(self, kernel):
+    """Sets `e` so that each channel's largest |w| is the grid's top level."""
+    top = 2.0 ** (self.bits_init - 1) - 1
+    max_abs = ops.max(ops.abs(ops.convert_to_tensor(kernel)),
+                      axis=base.reduce_axes(self._param_shape))
+    max_abs = ops.maximum(self.flat(max_abs), 1e-12)
+    exponent = ops.log2(max_abs) - math.log2(top)
+    self.exponent_param.assign(exponent / self.lr_multiplier)
+    self.bits_param.assign(
+        ops.full((self.num_channels,), self.bits_init / self.lr_multiplier))
+
+  def assign(self, bits=None, exponent=None):
+    """Sets the bit depth and/or exponent of every channel (scalars or
+    per-channel vectors), e.g. to start from a known grid."""
+    n = (self.num_channels,)
+    if bits is not None:
+      self.bits_param.assign(
+          ops.broadcast_to(ops.cast(bits, "float32"), n) / self.lr_multiplier)
+    if exponent is not None:
+      self.exponent_param.assign(
+          ops.broadcast_to(ops.cast(exponent, "float32"), n) / self.lr_multiplier)
+
+  # -- parameters -----------------------------------------------------------
+
+  def raw_bits(self):
+    """Bit depth per channel as trained, before `min_channels` is applied."""
+    return self.bits_param * self.lr_multiplier
+
+  def exponent(self):
+    return self.exponent_param * self.lr_multiplier
+
+  def bits(self):
+    """Bit depth per channel in force: channels held by `min_channels` get at
+    least `held_bits` (without gradient, so the penalty stops pushing)."""
+    b = self.raw_bits()
+    if self.min_channels == 0:
+      return b
+    held = ops.logical_and(
+        ops.cast(base.keep_top_channels(b, self.min_channels), "bool"),
+        ops.less(b, self.held_bits))
+    return ops.where(held, self.held_bits, b)
+
+  def held_channels(self):
+    if self.min_channels == 0:
+      return super().held_channels()
+    b = self.raw_bits()
+    top = base.keep_top_channels(b, self.min_channels)
+    return top * ops.cast(ops.less_equal(b, 0.0), top.dtype)
+
+  # -- forward pass ---------------------------------------------------------
+
+  def codes(self, kernel, bits=None):
+    """Integer codes (float dtype, straight-through) and per-channel scale."""
+    b = self.broadcast(self.bits() if bits is None else bits)
+    e = self.broadcast(self.exponent())
+    half = ops.power(2.0, b - 1.0)
+    x = ops.multiply(kernel, ops.power(2.0, -e))
+    x = ops.minimum(ops.maximum(x, -half), half - 1.0)
+    x = x + ops.stop_gradient(ops.round(x) - x)
+    return x, ops.power(2.0, e)
+
+  def kernel(self, kernel, training=False):
+    bits = self.bits()
+    codes, scale = self.codes(kernel, bits)
+    alive = ops.cast(ops.greater(bits, 0.0), scale.dtype)
+    return ops.multiply(codes, scale * self.broadcast(alive))
+
+  # -- accounting -----------------------------------------------------------
+
+  def alive(self):
+    return ops.cast(ops.greater(self.bits(), 0.0), "float32")
+
+  def storage_bits(self):
+    return ops.where(ops.greater(self.bits(), 0.0), ops.ceil(self.bits()), 0.0)
+
+  def penalty_bits(self):
+    return ops.relu(self.bits())
+
+  def get_config(self):
+    return {
+        "bits_init": self.bits_init,
+        "lr_multiplier": self.lr_multiplier,
+        "held_bits": self.held_bits,
+        **super().get_config(),
+    }

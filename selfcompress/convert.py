@@ -1,0 +1,136 @@
+"""`compress()`: turn an existing Keras model into a self-compressing one."""
+
+import warnings
+
+import keras
+
+from selfcompress import compressors
+from selfcompress import layers as sc_layers
+from selfcompress.graph import ChannelGraph, functional_of
+from selfcompress.model import SelfCompressingModel
+
+# Keras layer class -> its self-compressing replacement. Exact types only: a
+# subclass may change `call` in ways the replacement would silently drop.
+REPLACEMENTS = {
+    keras.layers.Dense: sc_layers.Dense,
+    keras.layers.Conv1D: sc_layers.Conv1D,
+    keras.layers.Conv2D: sc_layers.Conv2D,
+    keras.layers.DepthwiseConv2D: sc_layers.DepthwiseConv2D,
+}
+
+
+def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
+             target_kb=None, target_rate=0.002, min_channels=1,
+             protect_outputs=True, **compressor_kwargs):
+  """Returns a self-compressing copy of a Sequential or Functional model.
+
+  Every Dense, Conv1D, Conv2D and DepthwiseConv2D is replaced by its
+  `selfcompress.layers` counterpart with the same configuration and weights;
+  the compression parameters are initialised from the weights (so the first
+  forward pass equals the original up to the quantization grid). Layers with
+  weights that cannot be compressed stay as they are and are listed in a
+  warning. The input model is not modified.
+
+  Args:
+    model: a built Sequential or Functional Keras model (nested ones too).
+    compressor: the compression method for every replaced layer: a name
+      (`"bits"`), a serialized dict or a `ChannelCompressor` instance.
+    per_layer: optional dict of layer name -> compressor identifier, or
+      `None` to leave that layer uncompressed.
+    gamma, target_kb, target_rate: see `SelfCompressingModel`.
+    min_channels: channels every compressed layer keeps alive whatever the
+      penalty says (0 lets a layer die; a warning is given if one does).
+    protect_outputs: keep every output channel of the layers that produce the
+      model's outputs (the logits: their channels are fixed by the task).
+    **compressor_kwargs: passed to the compressor, e.g. `bits_init=8`,
+      `lr_multiplier=100`.
+
+  Returns:
+    A `SelfCompressingModel`.
+  """
+  per_layer = dict(per_layer or {})
+  for layer in _all_layers(model):
+    if isinstance(layer, sc_layers.CompressedLayer):
+      raise ValueError(
+          f"Model {model.name!r} is already self-compressing (layer "
+          f"{layer.name!r}). Train it directly; compress() takes a plain model.")
+  protected = {l.name for l in ChannelGraph.of(model).task_output_layers()}
+  known = {l.name for l in _all_layers(model)}
+  unknown = sorted(set(per_layer) - known)
+  if unknown:
+    raise ValueError(f"per_layer names layers that are not in the model: "
+                     f"{unknown}. Layers: {sorted(known)}")
+
+  pairs, skipped = [], []
+
+  def clone(layer):
+    if isinstance(layer, keras.Model):
+      new = keras.models.clone_model(layer, clone_function=clone)
+      pairs.append((layer, new))
+      return new
+    replacement = REPLACEMENTS.get(type(layer))
+    identifier = per_layer.get(layer.name, compressor)
+    if replacement is None or identifier is None or not _supported(layer):
+      if layer.weights and not isinstance(layer, _NO_COMPRESSION_NEEDED):
+        skipped.append(f"{layer.name} ({type(layer).__name__})")
+      new = layer.__class__.from_config(layer.get_config())
+    else:
+      kwargs = dict(compressor_kwargs)
+      kwargs["min_channels"] = (_channels(layer) if protect_outputs
+                                and layer.name in protected else min_channels)
+      config = layer.get_config()
+      config["compressor"] = compressors.get(identifier, **kwargs)
+      new = replacement.from_config(config)
+    pairs.append((layer, new))
+    return new
+
+  cloned = keras.models.clone_model(model, clone_function=clone)
+  for old, new in pairs:
+    _copy_weights(old, new)
+  if skipped:
+    warnings.warn(
+        "compress() left these layers uncompressed (no self-compressing "
+        f"version, or excluded by per_layer): {', '.join(skipped)}. They are "
+        "counted at float32 in the size report.", stacklevel=2)
+  graph = functional_of(cloned)
+  return SelfCompressingModel(
+      inputs=graph.input, outputs=graph.output, name=model.name,
+      gamma=gamma, target_kb=target_kb, target_rate=target_rate)
+
+
+# Layers whose few parameters are folded or negligible; not worth a warning.
+_NO_COMPRESSION_NEEDED = (keras.layers.BatchNormalization,
+                          keras.layers.Normalization)
+
+
+def _supported(layer):
+  if getattr(layer, "data_format", "channels_last") != "channels_last":
+    return False
+  if getattr(layer, "lora_enabled", False):
+    return False
+  return getattr(layer, "quantization_mode", None) is None
+
+
+def _channels(layer):
+  if isinstance(layer, keras.layers.Dense):
+    return layer.units
+  if isinstance(layer, keras.layers.DepthwiseConv2D):
+    return layer.kernel.shape[2] * layer.depth_multiplier
+  return layer.filters
+
+
+def _all_layers(model):
+  return list(model._flatten_layers(include_self=False))
+
+
+def _copy_weights(old, new):
+  if isinstance(old, keras.Model):
+    return
+  if isinstance(new, sc_layers.CompressedLayer):
+    by_name = {v.name: v for v in old.weights}
+    new.kernel_variable.assign(by_name["kernel"])
+    if new.bias is not None:
+      new.bias.assign(by_name["bias"])
+    new.compressor.initialize(new.kernel_variable)
+  elif old.weights:
+    new.set_weights(old.get_weights())

@@ -1,0 +1,132 @@
+"""`SelfCompressingModel`: a Functional model whose loss includes its size."""
+
+import inspect
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from selfcompress import accounting as size_lib
+from selfcompress.graph import ChannelGraph
+
+_OPTIONS = ("gamma", "target_kb", "target_rate")
+
+
+@keras.saving.register_keras_serializable(package="selfcompress")
+class SelfCompressingModel(keras.Model):
+  """A Functional model trained with `loss + gamma * Q`.
+
+  `Q` is the differentiable size of the network in bits per weight (see
+  `selfcompress.accounting`). Plain `compile()` and `fit()` apply it: no custom loop
+  and no callback is needed. Every step logs `size_kb`, `bits_per_weight`
+  (of the alive weights), `compression_ratio` (against float32) and
+  `alive_channels`. Build one with `selfcompress.compress(model)` or directly
+  as `SelfCompressingModel(inputs, outputs, gamma=...)` over
+  `selfcompress.layers`.
+
+  Args:
+    gamma: weight of the size term. With `target_kb` it is the starting value
+      and is then adapted.
+    target_kb: a size budget in KB (1000 bytes). When set, the size term
+      acts only while the model is over budget, and `gamma` is multiplied
+      every training step by `exp(target_rate * clip(log(size / target_kb),
+      -1, 1))`: it grows while the model is too large and relaxes once it
+      fits, so training lands on the budget instead of overshooting it.
+    target_rate: step of that adaptation, in log-gamma per training step.
+  """
+
+  def __init__(self, *args, gamma=0.05, target_kb=None, target_rate=0.002,
+               **kwargs):
+    super().__init__(*args, **kwargs)
+    if not gamma >= 0:
+      raise ValueError(f"`gamma` must be >= 0. Received: gamma={gamma}")
+    if target_kb is not None and not target_kb > 0:
+      raise ValueError(f"`target_kb` must be > 0. Received: target_kb={target_kb}")
+    if not target_rate > 0:
+      raise ValueError(f"`target_rate` must be > 0. Received: {target_rate}")
+    self.gamma = float(gamma)
+    self.target_kb = None if target_kb is None else float(target_kb)
+    self.target_rate = float(target_rate)
+    self.size_gamma = self.add_weight(
+        name="size_gamma", shape=(), trainable=False, autocast=False,
+        initializer=keras.initializers.Constant(self.gamma),
+        aggregation="only_first_replica")
+    terms = size_lib.account(self)
+    self._float_bits = float(size_lib.totals(terms)["float_bits"])
+    size_lib.size_penalty(terms)  # fails early if nothing is compressible
+    graph = ChannelGraph.of(self)
+    if graph.unknown:
+      names = sorted({l.name for l in graph.unknown})
+      keras.src.utils.io_utils.print_msg(
+          "selfcompress: channel liveness cannot be traced through "
+          f"{names}; their outputs are counted as always alive.")
+
+  # -- the size term --------------------------------------------------------
+
+  def size_terms(self):
+    terms = size_lib.account(self)
+    return terms, size_lib.totals(terms)
+
+  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                   training=True):
+    loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+    terms, totals = self.size_terms()
+    gamma = ops.convert_to_tensor(self.size_gamma)
+    penalty = gamma * size_lib.size_penalty(terms)
+    if self.target_kb is not None:
+      # Push only while over budget: below it, channels that died cannot come
+      # back, so a penalty that kept pushing would overshoot the budget.
+      ratio = totals["bits"] / (8000.0 * self.target_kb)
+      penalty = penalty * ops.cast(ops.greater(ratio, 1.0), penalty.dtype)
+      if training:
+        step = self.target_rate * ops.clip(ops.log(ratio), -1.0, 1.0)
+        self.size_gamma.assign(ops.clip(gamma * ops.exp(step), 1e-8, 1e4))
+    # Under tf.distribute each replica's loss is summed: count the penalty
+    # once per global step, as Keras does for compiled losses.
+    return loss + penalty / num_replicas()
+
+  def compute_metrics(self, x, y, y_pred, sample_weight=None):
+    logs = super().compute_metrics(x, y, y_pred, sample_weight)
+    logs = dict(logs)
+    logs.update(self.size_logs())
+    return logs
+
+  def size_logs(self):
+    _, t = self.size_terms()
+    bits = t["bits"]
+    logs = {
+        "size_kb": bits / 8000.0,
+        "bits_per_weight": t["weight_bits"] / ops.maximum(t["weights_alive"], 1.0),
+        "compression_ratio": self._float_bits / ops.maximum(bits, 1.0),
+        "alive_channels": t["alive_channels"],
+    }
+    if self.target_kb is not None:
+      logs["size_gamma"] = ops.convert_to_tensor(self.size_gamma)
+    return logs
+
+  # -- training -------------------------------------------------------------
+
+  def fit(self, *args, **kwargs):
+    """`keras.Model.fit`, with selfcompress' safety checks attached (a NaN
+    loss stops training with an explanation; layers held at `min_channels`
+    are reported)."""
+    from selfcompress.callbacks import SafetyMonitor  # avoid import cycle
+    bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+    callbacks = list(bound.arguments.get("callbacks") or [])
+    if not any(isinstance(c, SafetyMonitor) for c in callbacks):
+      callbacks.append(SafetyMonitor())
+    bound.arguments["callbacks"] = callbacks
+    bound.arguments.pop("self")
+    extra = bound.arguments.pop("kwargs", {})
+    return super().fit(**bound.arguments, **extra)
+
+  # -- serialisation --------------------------------------------------------
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({k: getattr(self, k) for k in _OPTIONS})
+    return config
+
+
+def num_replicas():
+  return tf.distribute.get_strategy().num_replicas_in_sync

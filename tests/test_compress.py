@@ -1,0 +1,146 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import selfcompress as sc
+from selfcompress import layers
+
+
+def _blobs(n=3000, dim=16, classes=8, seed=0):
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(scale=2.5, size=(classes, dim))
+  y = rng.integers(0, classes, size=n)
+  x = centers[y] + rng.normal(size=(n, dim))
+  return x.astype("float32"), y.astype("int32")
+
+
+def _functional():
+  inp = keras.Input((8, 8, 3))
+  x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+  x = keras.layers.BatchNormalization()(x)
+  y = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+  x = keras.layers.Add()([x, y])
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  x = keras.layers.Dense(16, activation="relu")(x)
+  out = keras.layers.Dense(4, activation="softmax")(x)
+  return keras.Model(inp, out)
+
+
+def test_compress_functional_keeps_weights_and_function():
+  model = _functional()
+  x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+  cm = sc.compress(model, bits_init=12)
+  assert isinstance(cm, sc.SelfCompressingModel)
+  kinds = [type(l).__name__ for l in cm.layers
+           if isinstance(l, layers.CompressedLayer)]
+  assert kinds == ["Conv2D", "DepthwiseConv2D", "Dense", "Dense"]
+  np.testing.assert_allclose(cm(x), model(x), atol=2e-3)
+  # The input model is untouched.
+  assert not any(isinstance(l, layers.CompressedLayer) for l in model.layers)
+
+
+def test_compress_sequential_protects_logits_and_warns_on_unsupported():
+  model = keras.Sequential([
+      keras.Input((5, 4)),
+      keras.layers.LSTM(6, return_sequences=True),
+      keras.layers.Conv1D(8, 3, activation="relu"),
+      keras.layers.Flatten(),
+      keras.layers.Dense(3),
+      keras.layers.Activation("softmax"),
+  ])
+  with pytest.warns(UserWarning, match="lstm"):
+    cm = sc.compress(model, min_channels=2)
+  conv, logits = [l for l in cm.layers if isinstance(l, layers.CompressedLayer)]
+  assert conv.compressor.min_channels == 2
+  assert logits.compressor.min_channels == 3  # the task's classes
+  x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype("float32")
+  np.testing.assert_allclose(cm(x), model(x), atol=0.02)
+  report = sc.size(cm)
+  lstm = [l for l in report.layers if l.kind == "LSTM"][0]
+  assert lstm.bits == 32 * model.layers[0].count_params()
+
+
+def test_compress_rejects_bad_input():
+  with pytest.raises(ValueError, match="already self-compressing"):
+    sc.compress(sc.compress(_functional()))
+  with pytest.raises(ValueError, match="not in the model"):
+    sc.compress(_functional(), per_layer={"nope": None})
+  unbuilt = keras.Sequential([keras.layers.Dense(3)])
+  with pytest.raises(ValueError, match="input shape"):
+    sc.compress(unbuilt)
+  only_plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  with pytest.raises(ValueError, match="no self-compressing layers"):
+    sc.compress(only_plain, per_layer={only_plain.layers[0].name: None})
+
+
+def test_fit_shrinks_model_at_least_4x_and_stays_accurate(tmp_path):
+  x, y = _blobs()
+  model = keras.Sequential([
+      keras.Input((16,)), keras.layers.Dense(128, activation="relu"),
+      keras.layers.Dense(128, activation="relu"), keras.layers.Dense(8)])
+  cm = sc.compress(model, gamma=0.2)
+  cm.compile(keras.optimizers.Adam(2e-3),
+             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+             metrics=["accuracy"])
+  start = sc.size(cm)
+  history = cm.fit(x[:2500], y[:2500], epochs=12, batch_size=64, verbose=0)
+  end = sc.size(cm)
+  for key in ("size_kb", "bits_per_weight", "compression_ratio",
+              "alive_channels"):
+    assert key in history.history
+  assert history.history["size_kb"][-1] == pytest.approx(end.kb, rel=1e-4)
+  assert end.bits * 4 <= start.bits, (start.kb, end.kb)
+  acc = cm.evaluate(x[2500:], y[2500:], verbose=0, return_dict=True)
+  assert acc["accuracy"] > 0.8  # chance is 0.125
+  # Saved and loaded, the trained model computes the same thing.
+  cm.save(tmp_path / "m.keras")
+  loaded = keras.models.load_model(tmp_path / "m.keras")
+  np.testing.assert_array_equal(loaded.predict(x[:64], verbose=0),
+                                cm.predict(x[:64], verbose=0))
+  assert sc.size(loaded) == end
+
+
+def test_target_kb_adapts_gamma_to_land_on_budget():
+  x, y = _blobs()
+  model = keras.Sequential([
+      keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
+      keras.layers.Dense(8)])
+  cm = sc.compress(model, gamma=0.01, target_kb=1.0, target_rate=0.02)
+  cm.compile(keras.optimizers.Adam(2e-3),
+             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+             metrics=["accuracy"])
+  start_kb = sc.size(cm).kb
+  history = cm.fit(x, y, epochs=10, batch_size=64, verbose=0)
+  end_kb = sc.size(cm).kb
+  assert start_kb > 2.0
+  assert history.history["size_gamma"][-1] > 0.01
+  assert 0.85 <= end_kb <= 1.02, end_kb
+  assert history.history["accuracy"][-1] > 0.8
+
+
+def test_nan_loss_stops_with_clear_error():
+  x, y = _blobs(n=256)
+  x[100] = np.nan
+  model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+  cm = sc.compress(model)
+  cm.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
+  with pytest.raises(sc.TrainingDivergedError, match="learning rate"):
+    cm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+
+
+def test_layer_about_to_lose_every_channel_is_held_and_reported():
+  x, y = _blobs(n=512)
+  model = keras.Sequential([
+      keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
+      keras.layers.Dense(8)])
+  cm = sc.compress(model, gamma=50.0, min_channels=1, lr_multiplier=500)
+  cm.compile(keras.optimizers.Adam(1e-2),
+             keras.losses.SparseCategoricalCrossentropy(True))
+  with pytest.warns(UserWarning, match="held at its minimum of 1"):
+    cm.fit(x, y, epochs=3, batch_size=32, verbose=0)
+  hidden = cm.layers[1]
+  assert int(np.asarray(hidden.compressor.alive()).sum()) >= 1
+  logs = cm.evaluate(x, y, verbose=0, return_dict=True)
+  assert math.isfinite(logs["loss"]) and logs["alive_channels"] >= 1 + 8
