@@ -2,7 +2,7 @@
 
 from selfcompress import compressors
 from selfcompress import layers
-from selfcompress.callbacks import SafetyMonitor, TrainingDivergedError
+from selfcompress.callbacks import CompressionMonitor, TrainingDivergedError
 from selfcompress.convert import compress
 from selfcompress.graph import ChannelGraph
 from selfcompress.model import SelfCompressingModel
@@ -11,7 +11,7 @@ from selfcompress.accounting import SizeReport, size, summary
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChannelGraph", "SafetyMonitor", "SelfCompressingModel", "SizeReport",
+    "ChannelGraph", "CompressionMonitor", "SelfCompressingModel", "SizeReport",
     "TrainingDivergedError", "compress", "compressors", "layers", "size",
     "summary",
 ]

@@ -139,9 +139,10 @@ def account(model, flow=None):
       t["float_bits"] = (full + (1 if bias else 0)) * n_out * FLOAT_BITS
       if isinstance(layer, CompressedLayer):
         c = layer.compressor
+        state = flow.states[layer]
         per_channel = bias + c.overhead_bits_per_channel
-        t["weight_bits"] = ops.sum(c.storage_bits() * fi * out_alive)
-        t["penalty_bits"] = ops.sum(c.penalty_bits() * fi)
+        t["weight_bits"] = ops.sum(state.storage_bits * fi * out_alive)
+        t["penalty_bits"] = ops.sum(state.penalty_bits * fi)
       else:
         per_channel = bias
         t["weight_bits"] = FLOAT_BITS * t["weights_alive"]

@@ -1,4 +1,4 @@
-"""Callbacks. `SafetyMonitor` is attached by `SelfCompressingModel.fit`."""
+"""Callbacks. `CompressionMonitor` is attached by `SelfCompressingModel.fit`."""
 
 import math
 import warnings
@@ -13,14 +13,17 @@ class TrainingDivergedError(FloatingPointError):
   """The loss became NaN or infinite."""
 
 
-class SafetyMonitor(keras.callbacks.Callback):
-  """Stops a diverging run with an explanation and reports collapsing layers.
+class CompressionMonitor(keras.callbacks.Callback):
+  """Guards a self-compressing run and finalises its size logs.
 
   * A NaN or infinite loss raises `TrainingDivergedError` at the batch where
     it appears (checkpoints written before it are intact).
   * At each epoch end, a layer kept alive only by its `min_channels` (the
     penalty would remove every channel) is reported once with a warning, and
     so is a layer that lost every channel because `min_channels` is 0.
+  * Each epoch's logs get the exact size at the epoch's end (per-batch values
+    are those each step trained with), and the `val_` copies of the size
+    metrics, identical to the training ones, are dropped.
   """
 
   def __init__(self):
@@ -48,6 +51,10 @@ class SafetyMonitor(keras.callbacks.Callback):
           "last checkpoint.")
 
   def on_epoch_end(self, epoch, logs=None):
+    if logs is not None and hasattr(self.model, "size_logs"):
+      for key, value in self.model.size_logs(exact=True).items():
+        logs[key] = float(np.asarray(value))
+        logs.pop("val_" + key, None)
     for layer in self.model._flatten_layers(include_self=False):
       if not isinstance(layer, CompressedLayer) or layer.name in self._warned:
         continue

@@ -61,7 +61,7 @@ def fan_in(layer, in_alive):
     per_group = ops.sum(ops.reshape(in_alive, (groups, -1)), axis=1)
     return ops.repeat(per_group, layer.filters // groups) * area
   if isinstance(layer, L.Dense):
-    return ops.ones((layer.units,)) * ops.sum(in_alive)
+    return ops.broadcast_to(ops.sum(in_alive), (layer.units,))
   raise TypeError(f"No fan-in rule for {type(layer).__name__}.")
 
 
@@ -93,6 +93,7 @@ class Flow:
   out_alive: dict
   fan_in: dict
   tensors: dict
+  states: dict
 
 
 class ChannelGraph:
@@ -154,7 +155,7 @@ class ChannelGraph:
     """Liveness of every channel, from the compressors' current state."""
     tensors = {k: ops.ones((c,)) for k, c in
                zip(self.input_keys, self.input_channels)}
-    flow = Flow({}, {}, {}, tensors)
+    flow = Flow({}, {}, {}, tensors, {})
     for step in self.steps:
       ins = [tensors[k] for k in step.inputs]
       layer = step.layer
@@ -163,7 +164,8 @@ class ChannelGraph:
         out = ops.cast(ops.greater(fi, 0.0), "float32")
         compressor = getattr(layer, "compressor", None)
         if compressor is not None:
-          out = out * compressor.alive()
+          flow.states[layer] = flow.states.get(layer) or compressor.state()
+          out = out * flow.states[layer].alive
         flow.in_alive[layer] = _merge(flow.in_alive.get(layer), ins[0])
         flow.fan_in[layer] = _merge(flow.fan_in.get(layer), fi)
         outs = [out]

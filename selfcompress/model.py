@@ -65,7 +65,20 @@ class SelfCompressingModel(keras.Model):
 
   def size_terms(self):
     terms = size_lib.account(self)
-    return terms, size_lib.totals(terms)
+    totals = size_lib.totals(terms)
+    if not tf.executing_eagerly():
+      # compute_metrics runs in the same traced step: let it reuse these
+      # instead of tracing the accounting a second time.
+      object.__setattr__(self, "_traced_totals",
+                         (tf.compat.v1.get_default_graph(), totals))
+    return terms, totals
+
+  def _totals(self):
+    cached = getattr(self, "_traced_totals", None)
+    if (cached is not None and not tf.executing_eagerly()
+        and cached[0] is tf.compat.v1.get_default_graph()):
+      return cached[1]
+    return self.size_terms()[1]
 
   def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                    training=True):
@@ -91,8 +104,10 @@ class SelfCompressingModel(keras.Model):
     logs.update(self.size_logs())
     return logs
 
-  def size_logs(self):
-    _, t = self.size_terms()
+  def size_logs(self, exact=False):
+    """Size metrics as tensors. Inside a train step they are those of the
+    weights the step trained with; `exact=True` recomputes them now."""
+    t = self.size_terms()[1] if exact else self._totals()
     bits = t["bits"]
     logs = {
         "size_kb": bits / 8000.0,
@@ -106,15 +121,26 @@ class SelfCompressingModel(keras.Model):
 
   # -- training -------------------------------------------------------------
 
+  def compile(self, *args, jit_compile="auto", **kwargs):
+    """`keras.Model.compile`; `jit_compile="auto"` means XLA whenever every
+    layer supports it, on CPU too (Keras' own "auto" skips XLA on CPU). The
+    quantizer is a chain of elementwise ops that XLA fuses into one pass;
+    without it a small network's step is dominated by them (BENCHMARKS.md)."""
+    if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
+      from tensorflow.python.framework import config as tf_config
+      jit_compile = (all(l.supports_jit for l in self._flatten_layers())
+                     and not tf_config.is_op_determinism_enabled())
+    super().compile(*args, jit_compile=jit_compile, **kwargs)
+
   def fit(self, *args, **kwargs):
-    """`keras.Model.fit`, with selfcompress' safety checks attached (a NaN
-    loss stops training with an explanation; layers held at `min_channels`
-    are reported)."""
-    from selfcompress.callbacks import SafetyMonitor  # avoid import cycle
+    """`keras.Model.fit` with a `CompressionMonitor` attached: a NaN loss
+    stops training with an explanation, layers held at `min_channels` are
+    reported, and each epoch's logs carry the exact size at its end."""
+    from selfcompress.callbacks import CompressionMonitor  # avoid import cycle
     bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
     callbacks = list(bound.arguments.get("callbacks") or [])
-    if not any(isinstance(c, SafetyMonitor) for c in callbacks):
-      callbacks.append(SafetyMonitor())
+    if not any(isinstance(c, CompressionMonitor) for c in callbacks):
+      callbacks.append(CompressionMonitor())
     bound.arguments["callbacks"] = callbacks
     bound.arguments.pop("self")
     extra = bound.arguments.pop("kwargs", {})

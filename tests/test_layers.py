@@ -43,12 +43,12 @@ def test_grid_points_are_exact_and_rest_is_rounded_and_clipped():
   rng = np.random.default_rng(0)
   codes = rng.integers(-8, 8, size=(5, 3))
   layer = _dense(codes * 0.25, bits=4.0, exponent=-2.0)
-  q = layer.compressor.kernel(layer.kernel_variable)
+  q = layer.compressor.apply(layer.kernel_variable, None)[0]
   np.testing.assert_array_equal(q, codes * 0.25)
 
   kernel = np.array([[0.3, 5.0, -5.0], [0.374, 0.376, -2.1]], "float32")
   layer = _dense(kernel, bits=4.0, exponent=-2.0)
-  q = np.asarray(layer.compressor.kernel(layer.kernel_variable))
+  q = np.asarray(layer.compressor.apply(layer.kernel_variable, None)[0])
   # Range is [-8, 7] * 0.25 = [-2, 1.75].
   np.testing.assert_allclose(q, [[0.25, 1.75, -2.0], [0.25, 0.5, -2.0]])
 
@@ -71,7 +71,7 @@ def test_exponent_init_puts_largest_weight_on_top_level():
   scale = np.asarray(ops.power(2.0, layer.compressor.exponent()))
   top = np.abs(kernel).max(axis=(0, 1, 2))
   np.testing.assert_allclose(top / scale, 31.0, rtol=1e-5)
-  q = np.asarray(layer.compressor.kernel(layer.kernel_variable))
+  q = np.asarray(layer.compressor.apply(layer.kernel_variable, None)[0])
   assert np.abs(q - kernel).max() <= scale.max() / 2 + 1e-7
 
 
@@ -80,7 +80,7 @@ def test_min_channels_holds_best_channels_alive():
                  exponent=0.0, min_channels=2)
   c = layer.compressor
   np.testing.assert_array_equal(c.alive(), [1, 1, 0, 0])
-  np.testing.assert_array_equal(c.storage_bits(), [2, 2, 0, 0])
+  np.testing.assert_array_equal(c.state().storage_bits, [2, 2, 0, 0])
   np.testing.assert_array_equal(c.held_channels(), [1, 1, 0, 0])
 
 
@@ -95,7 +95,7 @@ def test_lr_multiplier_scales_adam_step_of_bits():
     before = np.asarray(c.raw_bits())
     import tensorflow as tf
     with tf.GradientTape() as tape:
-      loss = ops.sum(c.penalty_bits())
+      loss = ops.sum(c.state().penalty_bits)
     opt.apply_gradients(zip(tape.gradient(loss, [c.bits_param]),
                             [c.bits_param]))
     steps[mult] = before - np.asarray(c.raw_bits())

@@ -8,8 +8,13 @@ costs. Layers never branch on the kind of compressor, so a new method slots in
 by subclassing `ChannelCompressor` and registering it.
 """
 
+import collections
+
 import keras
 from keras import ops
+
+ChannelState = collections.namedtuple(
+    "ChannelState", ["alive", "storage_bits", "penalty_bits"])
 
 
 class ChannelCompressor:
@@ -59,27 +64,26 @@ class ChannelCompressor:
 
   # -- forward pass ---------------------------------------------------------
 
-  def kernel(self, kernel, training=False):
-    """Returns the kernel the layer computes with."""
+  def apply(self, kernel, bias, training=False):
+    """Returns the `(kernel, bias)` the layer computes with; `bias` may be
+    None. Dead channels must come out exactly zero in both."""
     raise NotImplementedError
-
-  def bias(self, bias, training=False):
-    """Returns the bias the layer computes with: dead channels get zero."""
-    return ops.multiply(bias, ops.cast(self.alive(), bias.dtype))
 
   # -- accounting -----------------------------------------------------------
 
+  def state(self):
+    """The channels' state in one pass (the accounting asks once per step).
+
+    Returns:
+      A `ChannelState` of per-channel vectors: `alive` (0/1, exact),
+      `storage_bits` (bits per weight when stored, exact; 0 when dead) and
+      `penalty_bits` (a differentiable stand-in for `storage_bits`).
+    """
+    raise NotImplementedError
+
   def alive(self):
     """A float 0/1 vector, 1 for each channel that is alive (exact)."""
-    raise NotImplementedError
-
-  def storage_bits(self):
-    """Bits each weight of a channel takes when stored, per channel (exact)."""
-    raise NotImplementedError
-
-  def penalty_bits(self):
-    """A differentiable stand-in for `storage_bits()`, used by the penalty."""
-    raise NotImplementedError
+    return self.state().alive
 
   def held_channels(self):
     """Channels kept alive only by `min_channels` (0/1 vector)."""
@@ -116,7 +120,10 @@ def keep_top_channels(values, min_channels):
     return ops.zeros_like(values)
   if k >= n:
     return ops.ones_like(values)
-  kth = ops.top_k(values, k, sorted=True)[0][k - 1]
+  if k == 1:
+    kth = ops.max(values)
+  else:
+    kth = ops.top_k(values, k, sorted=True)[0][k - 1]
   return ops.cast(ops.greater_equal(values, kth), values.dtype)
 
 

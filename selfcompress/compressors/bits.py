@@ -2,6 +2,8 @@
 
 import math
 
+import keras
+import numpy as np
 from keras import ops
 
 from selfcompress.compressors import base
@@ -59,6 +61,7 @@ class BitDepth(base.ChannelCompressor):
 
   def build(self, layer, kernel, param_shape):
     super().build(layer, kernel, param_shape)
+    self._quantize = _compile(_quantize_impl, int(np.prod(kernel.shape)))
     n = (self.num_channels,)
     self.bits_param = base.add_param(
         layer, "bits", n, self.bits_init / self.lr_multiplier)
@@ -117,31 +120,33 @@ class BitDepth(base.ChannelCompressor):
   # -- forward pass ---------------------------------------------------------
 
   def codes(self, kernel, bits=None):
-    """Integer codes (float dtype, straight-through) and per-channel scale."""
+    """Integer codes (as floats) and per-channel scale `2^e` of `kernel`:
+    `q = codes * scale` on alive channels. Export stores these codes."""
     b = self.broadcast(self.bits() if bits is None else bits)
     e = self.broadcast(self.exponent())
     half = ops.power(2.0, b - 1.0)
     x = ops.multiply(kernel, ops.power(2.0, -e))
-    x = ops.minimum(ops.maximum(x, -half), half - 1.0)
-    x = x + ops.stop_gradient(ops.round(x) - x)
-    return x, ops.power(2.0, e)
+    return ops.round(ops.minimum(ops.maximum(x, -half), half - 1.0)), \
+        ops.power(2.0, e)
 
-  def kernel(self, kernel, training=False):
+  def apply(self, kernel, bias, training=False):
     bits = self.bits()
-    codes, scale = self.codes(kernel, bits)
-    alive = ops.cast(ops.greater(bits, 0.0), scale.dtype)
-    return ops.multiply(codes, scale * self.broadcast(alive))
+    alive = ops.cast(ops.greater(bits, 0.0), "float32")
+    if isinstance(kernel, keras.Variable):
+      kernel = kernel.value  # the backend's variable: traceable, no copy
+    kernel = self._quantize(
+        kernel, self.broadcast(bits),
+        self.broadcast(self.exponent()), self.broadcast(alive),
+        base.reduce_axes(self._param_shape))
+    return kernel, (None if bias is None else ops.multiply(bias, alive))
 
   # -- accounting -----------------------------------------------------------
 
-  def alive(self):
-    return ops.cast(ops.greater(self.bits(), 0.0), "float32")
-
-  def storage_bits(self):
-    return ops.where(ops.greater(self.bits(), 0.0), ops.ceil(self.bits()), 0.0)
-
-  def penalty_bits(self):
-    return ops.relu(self.bits())
+  def state(self):
+    bits = ops.relu(self.bits())
+    return base.ChannelState(
+        alive=ops.cast(ops.greater(bits, 0.0), bits.dtype),
+        storage_bits=ops.ceil(bits), penalty_bits=bits)
 
   def get_config(self):
     return {
@@ -150,3 +155,53 @@ class BitDepth(base.ChannelCompressor):
         "held_bits": self.held_bits,
         **super().get_config(),
     }
+
+
+_LN2 = math.log(2.0)
+
+
+def _quantize_impl(kernel, bits, exponent, alive, axes):
+  """`alive * 2^e * round(clip(2^-e * kernel, -2^(b-1), 2^(b-1) - 1))` with
+  a hand-written straight-through gradient: one fused pass forward and one
+  backward instead of autodiff's chain of full-size temporaries.
+
+  Gradients: d/dkernel = inside the clip range; d/de = ln2 * 2^e * (codes -
+  x * inside); d/db = ln2 * 2^(b-1) * 2^e * (above - below), both summed over
+  the kernel's non-channel axes (`axes`).
+  """
+  scale = ops.power(2.0, exponent)
+  half = ops.power(2.0, bits - 1.0)
+  x = ops.divide(kernel, scale)
+  low, high = ops.negative(half), half - 1.0
+  codes = ops.round(ops.clip(x, low, high))
+  live_scale = scale * alive
+
+  @ops.custom_gradient
+  def quantize(kernel, bits, exponent):
+    def grad(*args, upstream=None):
+      g = args[0] if upstream is None else upstream
+      above = ops.cast(ops.greater(x, high), g.dtype)
+      below = ops.cast(ops.less(x, low), g.dtype)
+      inside = 1.0 - above - below
+      g_kernel = g * inside * alive
+      g_exp = ops.sum(g * (codes - inside * x), axis=axes, keepdims=True)
+      g_bits = ops.sum(g * (above - below), axis=axes, keepdims=True)
+      return (g_kernel, g_bits * (live_scale * half * _LN2),
+              g_exp * (live_scale * _LN2))
+    return codes * live_scale, grad
+
+  return quantize(kernel, bits, exponent)
+
+
+# Below this many weights an XLA launch costs more than the ops it fuses.
+_FUSE_MIN_WEIGHTS = 1 << 16
+
+
+def _compile(fn, num_weights):
+  """Fuses the quantizer of a large kernel into one XLA kernel (TensorFlow
+  backend): on a CPU this keeps the elementwise chain from dominating the
+  step. One function per layer, so each traces once."""
+  if keras.backend.backend() == "tensorflow" and num_weights >= _FUSE_MIN_WEIGHTS:
+    import tensorflow as tf
+    return tf.function(fn, jit_compile=True)
+  return fn

@@ -54,10 +54,11 @@ class CompressedLayer:
     return (1,) * (len(kernel_shape) - 1) + (kernel_shape[-1],)
 
   def call(self, inputs, training=None):
-    kernel = self.compressor.kernel(self.kernel_variable, training=training)
+    kernel, bias = self.compressor.apply(
+        self.kernel_variable, self.bias, training=training)
     outputs = self._output_with(inputs, kernel)
-    if self.bias is not None:
-      outputs = ops.add(outputs, self.compressor.bias(self.bias, training))
+    if bias is not None:
+      outputs = ops.add(outputs, bias)
     if self.activation is not None:
       outputs = self.activation(outputs)
     return outputs
