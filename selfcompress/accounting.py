@@ -113,15 +113,18 @@ class SizeReport:
     }
 
 
-def account(model, flow=None):
+def account(model, states=None):
   """Per-layer size terms of `model` as tensors (usable in a train step).
+
+  `states` optionally replaces the compressors' state (layer ->
+  `ChannelState`), e.g. to ask how small the model could get.
 
   Returns a dict of layer -> dict with the tensors `alive`, `fan_in`,
   `weight_bits`, `other_bits`, `penalty_bits` and the Python numbers
   `float_bits`, `weights_total`, `kind`.
   """
   g = graph_lib.ChannelGraph.of(model)
-  flow = flow or g.propagate()
+  flow = g.propagate(states)
   terms = {}
   for layer in g.layers:
     out_alive = flow.out_alive[layer]
@@ -182,6 +185,20 @@ def totals(terms):
   float_bits = sum(t["float_bits"] for t in terms.values())
   return {"bits": bits, "weight_bits": weight_bits, "alive_channels": alive,
           "weights_alive": weights, "float_bits": float_bits}
+
+
+def minimum_bits(model):
+  """The smallest size training can reach: every compressed layer down to
+  its `min_channels` (the first ones) at 1 bit per weight."""
+  from selfcompress.compressors.base import ChannelState
+  states = {}
+  for layer in graph_lib.ChannelGraph.of(model).layers:
+    if isinstance(layer, CompressedLayer):
+      c = layer.compressor
+      keep = np.zeros(c.num_channels, "float32")
+      keep[:max(c.min_channels, 0)] = 1.0
+      states[layer] = ChannelState(keep, keep, keep)
+  return float(totals(account(model, states))["bits"])
 
 
 def size(model):

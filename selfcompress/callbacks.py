@@ -1,11 +1,14 @@
 """Callbacks. `CompressionMonitor` is attached by `SelfCompressingModel.fit`."""
 
 import math
+import os
+import time
 import warnings
 
 import keras
 import numpy as np
 
+from selfcompress import checkpoint
 from selfcompress.layers import CompressedLayer
 
 
@@ -75,3 +78,80 @@ class CompressionMonitor(keras.callbacks.Callback):
         continue
       self._warned.add(layer.name)
       warnings.warn(message, stacklevel=2)
+
+
+class EpochLog(keras.callbacks.Callback):
+  """Records each epoch's logs and prints one readable line per epoch.
+
+  The records (`history`, a list of dicts, shared with the checkpoint) are
+  also written to `metrics.json` and `metrics.csv` in `directory`, atomically.
+  """
+
+  def __init__(self, history, directory=None, total_epochs=None,
+               print_fn=print):
+    super().__init__()
+    self.history = history
+    self.directory = directory
+    self.total_epochs = total_epochs
+    self.print_fn = print_fn
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    record = {"epoch": epoch + 1,
+              "seconds": time.perf_counter() - self._start}
+    record.update({k: float(np.asarray(v)) for k, v in (logs or {}).items()})
+    self.history.append(record)
+    self.print_fn(format_epoch(record, self.total_epochs))
+    if self.directory:
+      write_history(self.directory, self.history)
+
+
+def format_epoch(r, total=None):
+  parts = [f"epoch {r['epoch']}" + (f"/{total}" if total else "")]
+  if "loss" in r:
+    parts.append(f"loss {r['loss']:.4f}")
+  for key, label in (("accuracy", "acc"), ("val_accuracy", "val_acc")):
+    if key in r:
+      parts.append(f"{label} {100 * r[key]:.2f}%")
+  if "size_kb" in r:
+    parts.append(f"size {r['size_kb']:.2f} KB ({r['compression_ratio']:.1f}x)")
+    parts.append(f"{r['bits_per_weight']:.2f} bits/w")
+    parts.append(f"{int(r['alive_channels'])} channels")
+  parts.append(f"{r['seconds']:.1f}s")
+  return " | ".join(parts)
+
+
+def write_history(directory, history):
+  checkpoint.write_json(os.path.join(directory, "metrics.json"), history)
+  keys = []
+  for r in history:
+    keys += [k for k in r if k not in keys]
+  lines = [",".join(keys)]
+  lines += [",".join(repr(r.get(k, "")) for k in keys) for r in history]
+  checkpoint.write_text(os.path.join(directory, "metrics.csv"),
+                        "\n".join(lines) + "\n")
+
+
+class LayerHistograms(keras.callbacks.Callback):
+  """Writes per-layer bit-depth histograms and alive channels to TensorBoard."""
+
+  def __init__(self, log_dir):
+    super().__init__()
+    self.log_dir = log_dir
+    self._writer = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    import tensorflow as tf  # TensorBoard's writer
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+    with self._writer.as_default(step=epoch + 1):
+      for layer in self.model._flatten_layers(include_self=False):
+        if not isinstance(layer, CompressedLayer):
+          continue
+        state = layer.compressor.state()
+        tf.summary.histogram(f"bits/{layer.name}", state.storage_bits)
+        tf.summary.scalar(f"alive_channels/{layer.name}",
+                          float(np.asarray(state.alive).sum()))
+    self._writer.flush()

@@ -277,13 +277,18 @@ def dataset_stats(x_train):
 
 
 def make_dataset(x, y, batch_size, *, training, seed=0, mean=None, std=None, flatten=False,
-                 add_channel_axis=True, drop_remainder=False):
+                 add_channel_axis=True, drop_remainder=False, first_epoch=None):
     """Builds a batched `tf.data.Dataset` of ``(float32 images, int32 labels)``.
 
     Pixels are scaled to [0, 1], then normalised as ``(x - mean) / std`` when
     `mean`/`std` are given (compute them with `dataset_stats`). Training
     datasets are shuffled with `seed`, reshuffled every epoch. Images have
     shape (H, W, 1), (H, W) if `add_channel_axis=False`, or (H*W,) if `flatten`.
+
+    With `first_epoch` (training only) the dataset is endless: epoch `e` is
+    shuffled with a seed derived from `(seed, e)`, so a run resumed at epoch
+    `k` sees exactly the batches an uninterrupted run would (use it with
+    `fit(steps_per_epoch=ceil(N / batch_size))`).
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
@@ -303,10 +308,24 @@ def make_dataset(x, y, batch_size, *, training, seed=0, mean=None, std=None, fla
     def preprocess(images, labels):
         return (tf.cast(images, tf.float32) / 255.0 - offset) / scale, labels
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-    if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if training and first_epoch is not None:
+        images, labels = tf.constant(x), tf.constant(y.astype(np.int32))
+        n = len(x)
+
+        def epoch(e):
+            # A stateless permutation per (seed, epoch): resumable exactly.
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+            return tf.data.Dataset.from_tensor_slices(order).batch(
+                batch_size, drop_remainder=drop_remainder)
+
+        ds = tf.data.Dataset.range(int(first_epoch), 1 << 40).flat_map(epoch)
+        ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+        if training:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -329,7 +348,7 @@ class Datasets:
 
 
 def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, flatten=False,
-         download=False, verify_checksums=True):
+         download=False, verify_checksums=True, first_epoch=None, max_train_examples=None):
     """Loads a dataset and returns normalised train/validation/test pipelines.
 
     The validation set (`num_validation` examples; default 5,000 for MNIST and
@@ -340,9 +359,12 @@ def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, fla
     if num_validation is None:
         num_validation = SPECS[name].default_num_validation if name in SPECS else 0
     x_train, y_train, x_val, y_val = split_validation(arrays["x_train"], arrays["y_train"], num_validation, seed)
+    if max_train_examples:
+        x_train, y_train = x_train[:max_train_examples], y_train[:max_train_examples]
     mean, std = dataset_stats(x_train)
     common = dict(mean=mean, std=std, flatten=flatten)
-    train = make_dataset(x_train, y_train, batch_size, training=True, seed=seed, **common)
+    train = make_dataset(x_train, y_train, batch_size, training=True, seed=seed,
+                         first_epoch=first_epoch, **common)
     validation = make_dataset(x_val, y_val, batch_size, training=False, **common) if num_validation else None
     test = make_dataset(arrays["x_test"], arrays["y_test"], batch_size, training=False, **common)
     height, width = x_train.shape[1:]

@@ -151,11 +151,12 @@ class ChannelGraph:
         for k in outputs:
           key_map[k] = k
 
-  def propagate(self):
-    """Liveness of every channel, from the compressors' current state."""
+  def propagate(self, states=None):
+    """Liveness of every channel, from the compressors' current state (or
+    from `states`, a dict layer -> `ChannelState`, for what-if questions)."""
     tensors = {k: ops.ones((c,)) for k, c in
                zip(self.input_keys, self.input_channels)}
-    flow = Flow({}, {}, {}, tensors, {})
+    flow = Flow({}, {}, {}, tensors, dict(states or {}))
     for step in self.steps:
       ins = [tensors[k] for k in step.inputs]
       layer = step.layer

@@ -54,6 +54,15 @@ class SelfCompressingModel(keras.Model):
     terms = size_lib.account(self)
     self._float_bits = float(size_lib.totals(terms)["float_bits"])
     size_lib.size_penalty(terms)  # fails early if nothing is compressible
+    if self.target_kb is not None:
+      floor_kb = size_lib.minimum_bits(self) / 8000
+      if self.target_kb < floor_kb:
+        raise ValueError(
+            f"target_kb={self.target_kb} cannot be reached: with every layer "
+            f"down to its min_channels at 1 bit, this model still takes "
+            f"{floor_kb:.3f} KB (float32 layers and per-channel storage "
+            "included). Raise target_kb, lower min_channels, or compress "
+            "more of the layers.")
     graph = ChannelGraph.of(self)
     if graph.unknown:
       names = sorted({l.name for l in graph.unknown})
@@ -140,13 +149,25 @@ class SelfCompressingModel(keras.Model):
     bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
     callbacks = list(bound.arguments.get("callbacks") or [])
     if not any(isinstance(c, CompressionMonitor) for c in callbacks):
-      callbacks.append(CompressionMonitor())
+      # First, so that every other callback sees the exact epoch-end size.
+      callbacks.insert(0, CompressionMonitor())
     bound.arguments["callbacks"] = callbacks
     bound.arguments.pop("self")
     extra = bound.arguments.pop("kwargs", {})
     return super().fit(**bound.arguments, **extra)
 
   # -- serialisation --------------------------------------------------------
+
+  def get_compile_config(self):
+    return super().get_compile_config()
+
+  def compile_from_config(self, config):
+    # Keras skips this for models that override compile(); ours only changes
+    # a default, so restore it, optimizer state included, like any model.
+    config = keras.saving.deserialize_keras_object(config)
+    self.compile(**config)
+    if getattr(self, "optimizer", None) is not None and self.built:
+      self.optimizer.build(self.trainable_variables)
 
   def get_config(self):
     config = super().get_config()

@@ -1,0 +1,23 @@
+"""LeNet-5 (conv 20 and 50 filters of 5x5, fc 500, fc 10) on MNIST.
+
+  python tools/train.py --config=configs/mnist_lenet5.py \
+      --config.data_dir=../shared/data/mnist --workdir=/tmp/mnist_lenet5
+
+5,000 training images held out for validation; the official 10,000 for test.
+About 6 minutes on 2 CPU cores. Expected: see BENCHMARKS.md, "MNIST" (the
+dense float32 model is 1,724 KB at about 99.1%). Baseline:
+`--config.method=dense`. `:smoke` shrinks it to seconds.
+"""
+
+from selfcompress import config as base
+
+
+def get_config(arg=None):
+  c = base.base()
+  c.dataset = "mnist"
+  c.model = "lenet5"
+  c.epochs = 20
+  c.batch_size = 128
+  c.learning_rate = 1e-3
+  c.gamma = 0.01
+  return base.apply_arg(c, arg)

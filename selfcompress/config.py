@@ -1,0 +1,52 @@
+"""The defaults every training config starts from (big_vision style: every
+default lives here, never in `config.get(key, default)` in the code)."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base():
+  """All fields `train_and_evaluate` reads, with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.method = "selfcompress"        # or "dense": the float32 baseline
+  c.dataset = "digits"             # digits | mnist | fashion_mnist
+  c.data_dir = config_dict.placeholder(str)  # None: the Keras cache folders
+  c.download = False               # fetch missing MNIST files (needs internet)
+  c.verify_checksums = True        # SHA-256 of the canonical MNIST files
+  c.num_validation = config_dict.placeholder(int)  # None: 5,000 for MNIST
+  c.max_train_examples = 0         # 0: all; smoke runs use a few hundred
+  c.model = "mlp"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.seed = 0
+  c.epochs = 20
+  c.batch_size = 128
+  c.learning_rate = 1e-3
+  # Self-compression (REFERENCES.md section 1).
+  c.gamma = 0.05                   # weight of the size term (bits/weight)
+  c.target_kb = config_dict.placeholder(float)  # budget; adapts gamma
+  c.target_rate = 0.002
+  c.bits_init = 8.0
+  c.lr_multiplier = 100.0          # bit depth/exponent LR vs the weights'
+  c.min_channels = 1
+  # Bookkeeping.
+  c.checkpoint_every_epochs = 1
+  c.verbose = 1                    # Keras progress bar (0: none)
+  return c
+
+
+def apply_arg(config, arg):
+  """Applies the `:arg` of `--config=configs/x.py:arg`.
+
+  `smoke` shrinks any config to a run of seconds (few examples, 2 epochs)
+  that exercises the whole pipeline.
+  """
+  for part in filter(None, (arg or "").split(",")):
+    if part == "smoke":
+      config.epochs = 2
+      config.max_train_examples = 512
+      config.batch_size = 64
+      if config.dataset != "digits":
+        config.num_validation = 256
+    else:
+      raise ValueError(f"Unknown config argument {part!r}; known: smoke.")
+  return config

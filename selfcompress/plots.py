@@ -1,0 +1,66 @@
+"""Figures: the training curve of one run and the accuracy-vs-size Pareto plot."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from selfcompress import checkpoint  # noqa: E402
+
+
+def training_curve(history, path, title=""):
+  """Accuracy (train/validation) and size in KB per epoch, one PNG."""
+  epochs = [r["epoch"] for r in history]
+  fig, acc_ax = plt.subplots(figsize=(7, 4))
+  for key, style in (("accuracy", "-"), ("val_accuracy", "--")):
+    if any(key in r for r in history):
+      acc_ax.plot(epochs, [100 * r.get(key, float("nan")) for r in history],
+                  style, color="tab:blue", label=key.replace("_", " "))
+  acc_ax.set_xlabel("epoch")
+  acc_ax.set_ylabel("accuracy (%)", color="tab:blue")
+  if any("size_kb" in r for r in history):
+    size_ax = acc_ax.twinx()
+    size_ax.plot(epochs, [r.get("size_kb", float("nan")) for r in history],
+                 color="tab:red", label="size")
+    size_ax.set_ylabel("size (KB)", color="tab:red")
+    size_ax.set_yscale("log")
+  acc_ax.legend(loc="lower left")
+  acc_ax.set_title(title)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def pareto(points, path, dense=None, anchors=(), title=""):
+  """Test accuracy against size (log scale).
+
+  Args:
+    points: dicts with `size_kb`, `accuracy` and a `label` (e.g. gamma).
+    dense: optional dict for the dense float32 model.
+    anchors: published results, dicts with `size_kb`, `accuracy`, `label`.
+  """
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  pts = sorted(points, key=lambda p: p["size_kb"])
+  ax.plot([p["size_kb"] for p in pts], [100 * p["accuracy"] for p in pts],
+          "o-", color="tab:blue", label="selfcompress")
+  for p in pts:
+    ax.annotate(p["label"], (p["size_kb"], 100 * p["accuracy"]), fontsize=7,
+                textcoords="offset points", xytext=(3, -10))
+  if dense:
+    ax.plot([dense["size_kb"]], [100 * dense["accuracy"]], "s",
+            color="black", label="dense float32")
+  for a in anchors:
+    ax.plot([a["size_kb"]], [100 * a["accuracy"]], "*", markersize=11,
+            label=a["label"])
+  ax.set_xscale("log")
+  ax.set_xlabel("size (KB, 1 KB = 1000 bytes)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
+  ax.set_title(title)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def _save(fig, path):
+  checkpoint.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+  plt.close(fig)

@@ -1,0 +1,133 @@
+"""`train_and_evaluate(config, workdir)`: one experiment, start to finish.
+
+The workdir receives the resolved config, resumable checkpoints, TensorBoard
+logs (size scalars, per-layer bit histograms), per-epoch metrics as CSV and
+JSON, the final size report, the trained model and a PNG of accuracy and size
+over training. Running the same command again after an interruption (even
+`kill -9`) resumes from the last checkpoint; a finished run is not redone.
+"""
+
+import json
+import math
+import os
+
+import keras
+from absl import logging
+
+import selfcompress as sc
+from selfcompress import callbacks as cb
+from selfcompress import checkpoint, data, models, plots
+
+METHODS = ("selfcompress", "dense")
+
+
+def validate(config):
+  """Raises ValueError naming any bad config value and how to fix it."""
+  def bad(field, why):
+    raise ValueError(f"Bad config value: {field}={config.get(field)!r}: {why}.")
+  if config.method not in METHODS:
+    bad("method", f"must be one of {METHODS}")
+  if config.dataset not in data.DATASETS:
+    bad("dataset", f"must be one of {data.DATASETS}")
+  if config.model not in models.MODELS:
+    bad("model", f"must be one of {sorted(models.MODELS)}")
+  for field in ("epochs", "batch_size"):
+    if not isinstance(config[field], int) or config[field] < 1:
+      bad(field, "must be a positive integer")
+  for field in ("learning_rate", "lr_multiplier", "bits_init"):
+    if not config[field] > 0:
+      bad(field, "must be > 0")
+  if not config.gamma >= 0:
+    bad("gamma", "must be >= 0 (0 trains without a size penalty)")
+  if config.target_kb is not None and not config.target_kb > 0:
+    bad("target_kb", "must be > 0 KB, or None for a fixed gamma")
+  if config.min_channels < 0:
+    bad("min_channels", "must be >= 0")
+
+
+def build_model(config, input_shape, num_classes):
+  """The config's model, compressed unless `method == "dense"`, compiled."""
+  keras.utils.set_random_seed(config.seed)
+  model = models.get(config.model, input_shape, num_classes,
+                     **dict(config.model_kwargs))
+  if config.method == "selfcompress":
+    model = sc.compress(
+        model, gamma=config.gamma, target_kb=config.target_kb,
+        target_rate=config.target_rate, min_channels=config.min_channels,
+        bits_init=config.bits_init, lr_multiplier=config.lr_multiplier)
+  model.compile(
+      optimizer=keras.optimizers.Adam(config.learning_rate),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=["accuracy"])
+  return model
+
+
+def train_and_evaluate(config, workdir):
+  """Trains and evaluates `config` in `workdir`; returns the results dict."""
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  results_path = os.path.join(workdir, "results.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  checkpoint.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+    if results.get("epochs") == config.epochs:
+      logging.info("%s already finished; not training again.", workdir)
+      return results
+  restored = checkpoint.restore(ckpt_dir)
+  start_epoch, history = (restored[1], restored[2]) if restored else (0, [])
+  ds = data.load(
+      config.dataset, config.data_dir, batch_size=config.batch_size,
+      num_validation=config.num_validation, seed=config.seed,
+      download=config.download, verify_checksums=config.verify_checksums,
+      first_epoch=start_epoch,
+      max_train_examples=config.max_train_examples or None)
+  if restored:
+    model = restored[0]
+    logging.info("Resuming %s from epoch %d of %d.", workdir, start_epoch,
+                 config.epochs)
+  else:
+    model = build_model(config, ds.input_shape, ds.num_classes)
+  if start_epoch < config.epochs:
+    callbacks = [
+        cb.EpochLog(history, workdir, config.epochs),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        checkpoint.Checkpoint(ckpt_dir, history, config.epochs,
+                              config.checkpoint_every_epochs),
+    ]
+    if config.method == "selfcompress":
+      callbacks.append(cb.LayerHistograms(
+          os.path.join(workdir, "tensorboard", "layers")))
+    model.fit(ds.train, validation_data=ds.validation, epochs=config.epochs,
+              initial_epoch=start_epoch, shuffle=False,
+              steps_per_epoch=math.ceil(ds.num_train / config.batch_size),
+              callbacks=callbacks, verbose=config.verbose)
+
+  test = model.evaluate(ds.test, return_dict=True, verbose=0)
+  report = sc.size(model)
+  checkpoint.write_json(os.path.join(workdir, "size.json"), report.as_dict())
+  lines = []
+  sc.summary(report, print_fn=lines.append)
+  checkpoint.write_text(os.path.join(workdir, "size.txt"), "\n".join(lines) + "\n")
+  checkpoint.atomic_write(os.path.join(workdir, "model.keras"), model.save)
+  plots.training_curve(history, os.path.join(workdir, "training.png"),
+                       title=f"{config.model} on {config.dataset}")
+  results = {
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "size_kb": report.kb, "float_kb": report.float_kb,
+      "compression_ratio": report.compression_ratio,
+      "bits_per_weight": report.bits_per_weight,
+      "weights_alive": report.weights_alive,
+      "weights_total": report.weights_total,
+      "epochs": config.epochs, "seed": config.seed, "method": config.method,
+      "gamma": config.gamma, "target_kb": config.target_kb,
+      "train_seconds": sum(r["seconds"] for r in history),
+      "val_accuracy": history[-1].get("val_accuracy") if history else None,
+  }
+  checkpoint.write_json(results_path, results)
+  print(lines[-1] if lines else "")
+  print(f"Test accuracy {100 * results['test_accuracy']:.2f}% at "
+        f"{results['size_kb']:.3f} KB; results in {workdir}")
+  return results
