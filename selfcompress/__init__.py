@@ -6,12 +6,13 @@ from selfcompress.callbacks import CompressionMonitor, TrainingDivergedError
 from selfcompress.convert import compress
 from selfcompress.graph import ChannelGraph
 from selfcompress.model import SelfCompressingModel
+from selfcompress.shedding import shed
 from selfcompress.accounting import SizeReport, size, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGraph", "CompressionMonitor", "SelfCompressingModel", "SizeReport",
-    "TrainingDivergedError", "compress", "compressors", "layers", "size",
+    "TrainingDivergedError", "compress", "compressors", "layers", "shed", "size",
     "summary",
 ]

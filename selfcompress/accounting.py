@@ -55,8 +55,13 @@ class LayerSize:
 
 @dataclasses.dataclass(frozen=True)
 class SizeReport:
-  """Size of a model, per layer and in total. Print it with `summary()`."""
+  """Size of a model, per layer and in total. Print it with `summary()`.
+
+  `reference_float_bits`, when set, is the float32 size of the network as
+  first compressed (a shed model's own layers are smaller than that).
+  """
   layers: tuple
+  reference_float_bits: float = None
 
   @property
   def bits(self):
@@ -72,6 +77,8 @@ class SizeReport:
 
   @property
   def float_bits(self):
+    if self.reference_float_bits is not None:
+      return self.reference_float_bits
     return sum(l.float_bits for l in self.layers)
 
   @property
@@ -165,14 +172,23 @@ def account(model, states=None):
   return terms
 
 
-def size_penalty(terms):
+def size_penalty(terms, total_weights=None):
   """The differentiable size term Q: penalty bits per weight of the
-  compressed layers (the paper's normalised size)."""
+  compressed layers (the paper's normalised size). `total_weights` fixes the
+  normaliser (the original network's count, kept across shedding)."""
   compressed = [t for t in terms.values() if "penalty_bits" in t]
   if not compressed:
     raise ValueError("The model has no self-compressing layers.")
-  total = sum(t["weights_total"] for t in compressed)
+  total = total_weights or sum(t["weights_total"] for t in compressed)
   return ops.sum(ops.stack([t["penalty_bits"] for t in compressed])) / total
+
+
+def reference(terms):
+  """What a model is measured against: its compressed layers' weight count
+  (the penalty's normaliser) and its float32 size in bits."""
+  return {"weights": int(sum(t["weights_total"] for t in terms.values()
+                             if "penalty_bits" in t)),
+          "float_bits": float(totals(terms)["float_bits"])}
 
 
 def totals(terms):
@@ -228,7 +244,9 @@ def size(model):
         weight_bits=int(round(weight_bits)),
         other_bits=int(round(float(t["other_bits"]))),
         float_bits=int(t["float_bits"])))
-  return SizeReport(tuple(rows))
+  reference = getattr(model, "size_reference", None)
+  return SizeReport(tuple(rows),
+                    reference["float_bits"] if reference else None)
 
 
 def summary(model, print_fn=print):

@@ -107,10 +107,13 @@ class ChannelGraph:
     self.model = model
     self.steps = []
     self.unknown = []
+    self.tensors = {}  # key -> KerasTensor
+    self.nested = False
     functional = functional_of(model)
     self.input_keys = [id(t) for t in functional.inputs]
     self.input_channels = [_channels(t) for t in functional.inputs]
     self.output_keys = [id(t) for t in functional.outputs]
+    self.tensors.update({id(t): t for t in functional.inputs})
     self._add(functional, {k: k for k in self.input_keys})
     self.layers = []
     for step in self.steps:
@@ -135,7 +138,10 @@ class ChannelGraph:
         op = node.operation
         inputs = [key_map.get(id(t), id(t)) for t in node.input_tensors]
         outputs = [id(t) for t in node.outputs]
+        for t in list(node.input_tensors) + list(node.outputs):
+          self.tensors.setdefault(id(t), t)
         if isinstance(op, keras.Model) and _is_graph_model(op):
+          self.nested = True
           inner = functional_of(op)
           inner_map = {id(t): k for t, k in zip(inner.inputs, inputs)}
           self._add(inner, inner_map)

@@ -9,7 +9,7 @@ from keras import ops
 from selfcompress import accounting as size_lib
 from selfcompress.graph import ChannelGraph
 
-_OPTIONS = ("gamma", "target_kb", "target_rate")
+_OPTIONS = ("gamma", "target_kb", "target_rate", "size_reference")
 
 
 @keras.saving.register_keras_serializable(package="selfcompress")
@@ -36,7 +36,7 @@ class SelfCompressingModel(keras.Model):
   """
 
   def __init__(self, *args, gamma=0.05, target_kb=None, target_rate=0.002,
-               **kwargs):
+               size_reference=None, **kwargs):
     super().__init__(*args, **kwargs)
     if not gamma >= 0:
       raise ValueError(f"`gamma` must be >= 0. Received: gamma={gamma}")
@@ -52,8 +52,10 @@ class SelfCompressingModel(keras.Model):
         initializer=keras.initializers.Constant(self.gamma),
         aggregation="only_first_replica")
     terms = size_lib.account(self)
-    self._float_bits = float(size_lib.totals(terms)["float_bits"])
     size_lib.size_penalty(terms)  # fails early if nothing is compressible
+    # The network as first compressed: shedding shrinks the layers, but the
+    # penalty's normaliser and the float32 reference must not move.
+    self.size_reference = dict(size_reference or size_lib.reference(terms))
     if self.target_kb is not None:
       floor_kb = size_lib.minimum_bits(self) / 8000
       if self.target_kb < floor_kb:
@@ -94,7 +96,8 @@ class SelfCompressingModel(keras.Model):
     loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
     terms, totals = self.size_terms()
     gamma = ops.convert_to_tensor(self.size_gamma)
-    penalty = gamma * size_lib.size_penalty(terms)
+    penalty = gamma * size_lib.size_penalty(
+        terms, self.size_reference["weights"])
     if self.target_kb is not None:
       # Push only while over budget: below it, channels that died cannot come
       # back, so a penalty that kept pushing would overshoot the budget.
@@ -121,7 +124,8 @@ class SelfCompressingModel(keras.Model):
     logs = {
         "size_kb": bits / 8000.0,
         "bits_per_weight": t["weight_bits"] / ops.maximum(t["weights_alive"], 1.0),
-        "compression_ratio": self._float_bits / ops.maximum(bits, 1.0),
+        "compression_ratio": (self.size_reference["float_bits"]
+                              / ops.maximum(bits, 1.0)),
         "alive_channels": t["alive_channels"],
     }
     if self.target_kb is not None:
@@ -169,9 +173,13 @@ class SelfCompressingModel(keras.Model):
     if getattr(self, "optimizer", None) is not None and self.built:
       self.optimizer.build(self.trainable_variables)
 
+  def options(self):
+    """The constructor options (all but the graph)."""
+    return {k: getattr(self, k) for k in _OPTIONS}
+
   def get_config(self):
     config = super().get_config()
-    config.update({k: getattr(self, k) for k in _OPTIONS})
+    config.update(self.options())
     return config
 
 

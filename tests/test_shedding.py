@@ -1,0 +1,143 @@
+"""shed(): the smaller model computes what the original did."""
+
+import keras
+import numpy as np
+import pytest
+
+import selfcompress as sc
+from selfcompress import layers
+
+L = keras.layers
+
+
+def _randomize(model, rng):
+  """Non-trivial BatchNorm statistics, so dead channels carry constants."""
+  for layer in model.layers:
+    if isinstance(layer, L.BatchNormalization):
+      n = layer.gamma.shape[0]
+      layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+      layer.beta.assign(rng.normal(size=n))
+      layer.moving_mean.assign(rng.normal(size=n) * 0.1)
+      layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+
+
+def _kill(model, rng, fraction=0.5):
+  """Kills a random half of every compressed layer's channels."""
+  for layer in model.layers:
+    if isinstance(layer, layers.CompressedLayer):
+      c = layer.compressor
+      bits = np.full(c.num_channels, 5.0, "float32")
+      dead = rng.random(c.num_channels) < fraction
+      if c.min_channels >= c.num_channels:
+        dead[:] = False
+      bits[dead] = -1.0
+      c.assign(bits=bits)
+
+
+def mlp():
+  return keras.Sequential([keras.Input((12,)), L.Dense(16, activation="relu"),
+                           L.Dense(8, activation="tanh"), L.Dense(3)])
+
+
+def conv_bn_flatten():
+  return keras.Sequential([
+      keras.Input((10, 10, 3)), L.Conv2D(8, 3, use_bias=False),
+      L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(),
+      L.Conv2D(6, 3, padding="same"), L.BatchNormalization(), L.ReLU(),
+      L.Flatten(), L.Dense(10, activation="relu"), L.Dense(4)])
+
+
+def residual():
+  inp = keras.Input((8, 8, 4))
+  x = L.ReLU()(L.BatchNormalization()(L.Conv2D(6, 3, padding="same")(inp)))
+  y = L.ReLU()(L.BatchNormalization()(L.Conv2D(6, 3, padding="same")(x)))
+  y = L.BatchNormalization()(L.Conv2D(6, 3, padding="same")(y))
+  x = L.ReLU()(L.Add()([x, y]))
+  x = L.GlobalAveragePooling2D()(x)
+  return keras.Model(inp, L.Dense(3)(x))
+
+
+def depthwise_separable():
+  inp = keras.Input((9, 9, 3))
+  x = L.ReLU()(L.Conv2D(8, 1)(inp))
+  x = L.DepthwiseConv2D(3, depth_multiplier=2)(x)
+  x = L.ReLU()(L.BatchNormalization()(x))
+  x = L.Conv2D(5, 1, activation="relu")(x)
+  a = L.Conv2D(4, 1)(x)
+  b = L.Conv2D(4, 1)(x)
+  x = L.Concatenate()([a, b])
+  x = L.Flatten()(x)
+  return keras.Model(inp, L.Dense(2)(x))
+
+
+@pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual,
+                                   depthwise_separable])
+def test_shed_model_equals_original_and_is_smaller(build):
+  rng = np.random.default_rng(0)
+  model = sc.compress(build(), min_channels=1)
+  _randomize(model, rng)
+  _kill(model, rng)
+  x = rng.normal(size=(16,) + tuple(model.input_shape[1:])).astype("float32")
+  before = np.asarray(model(x, training=False))
+  small = sc.shed(model)
+  after = np.asarray(small(x, training=False))
+  np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
+  assert small.count_params() < model.count_params()
+  # Same size by the one accounting: dead channels were already not counted.
+  assert sc.size(small).bits == sc.size(model).bits
+  assert sc.size(small).compression_ratio == pytest.approx(
+      sc.size(model).compression_ratio)
+  # Shedding again changes nothing.
+  again = sc.shed(small)
+  assert again.count_params() == small.count_params()
+  np.testing.assert_allclose(np.asarray(again(x, training=False)), after,
+                             atol=1e-6)
+
+
+def test_residual_channel_dead_in_one_branch_is_kept():
+  # Default BatchNorm statistics: a dead channel is exactly 0 after ReLU, so
+  # it can go even where a 'same'-padded convolution reads it.
+  model = sc.compress(residual())
+  convs = [l for l in model.layers if isinstance(l, layers.Conv2D)]
+  first, last = convs[0], convs[2]
+  first.compressor.assign(bits=[5, -1, 5, -1, 5, 5])  # dead: 1, 3
+  last.compressor.assign(bits=[5, 5, 5, -1, 5, 5])   # dead: 3
+  small = sc.shed(model)
+  kept = [l for l in small.layers if isinstance(l, layers.Conv2D)]
+  # Channel 1 is alive through the second branch; only 3 goes.
+  assert kept[0].filters == 5 and kept[2].filters == 5
+  x = np.random.default_rng(1).normal(size=(4, 8, 8, 4)).astype("float32")
+  np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_dead_constant_into_same_padding_is_kept_not_approximated():
+  rng = np.random.default_rng(4)
+  model = sc.compress(residual())
+  _randomize(model, rng)  # dead channels now carry non-zero constants
+  convs = [l for l in model.layers if isinstance(l, layers.Conv2D)]
+  convs[0].compressor.assign(bits=[5, 5, 5, -1, 5, 5])
+  convs[2].compressor.assign(bits=[5, 5, 5, -1, 5, 5])
+  small = sc.shed(model)
+  assert small.count_params() == model.count_params()
+  x = rng.normal(size=(4, 8, 8, 4)).astype("float32")
+  np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_logits_and_outputs_keep_every_channel():
+  rng = np.random.default_rng(2)
+  model = sc.compress(mlp())
+  _kill(model, rng, fraction=0.9)
+  small = sc.shed(model)
+  assert small.output_shape == model.output_shape
+
+
+def test_shed_keeps_options_and_trains_on():
+  rng = np.random.default_rng(3)
+  model = sc.compress(mlp(), gamma=0.3, target_kb=0.5)
+  _kill(model, rng)
+  small = sc.shed(model)
+  assert (small.gamma, small.target_kb) == (0.3, 0.5)
+  assert small.size_reference == model.size_reference
+  small.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
+  x = rng.normal(size=(64, 12)).astype("float32")
+  small.fit(x, rng.integers(0, 3, 64), epochs=1, verbose=0)
