@@ -6,6 +6,7 @@ from selfcompress.callbacks import CompressionMonitor, TrainingDivergedError
 from selfcompress.convert import compress
 from selfcompress.graph import ChannelGraph
 from selfcompress.model import SelfCompressingModel
+from selfcompress.shed_training import fit_and_shed
 from selfcompress.shedding import shed
 from selfcompress.accounting import SizeReport, size, summary
 
@@ -13,6 +14,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGraph", "CompressionMonitor", "SelfCompressingModel", "SizeReport",
-    "TrainingDivergedError", "compress", "compressors", "layers", "shed", "size",
+    "TrainingDivergedError", "compress", "fit_and_shed", "compressors", "layers", "shed", "size",
     "summary",
 ]

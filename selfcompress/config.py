@@ -28,6 +28,7 @@ def base():
   c.bits_init = 8.0
   c.lr_multiplier = 100.0          # bit depth/exponent LR vs the weights'
   c.min_channels = 1
+  c.shed_every_epochs = 0          # >0: physically remove dead channels then
   # Bookkeeping.
   c.checkpoint_every_epochs = 1
   c.verbose = 1                    # Keras progress bar (0: none)

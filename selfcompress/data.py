@@ -345,6 +345,7 @@ class Datasets:
     num_test: int
     mean: float
     std: float
+    train_from: object = None  # epoch -> the training stream from that epoch on
 
 
 def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, flatten=False,
@@ -368,7 +369,12 @@ def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, fla
     validation = make_dataset(x_val, y_val, batch_size, training=False, **common) if num_validation else None
     test = make_dataset(arrays["x_test"], arrays["y_test"], batch_size, training=False, **common)
     height, width = x_train.shape[1:]
+    def train_from(epoch):
+        return make_dataset(x_train, y_train, batch_size, training=True, seed=seed,
+                            first_epoch=epoch, **common)
+
     return Datasets(name=name, train=train, validation=validation, test=test,
+                    train_from=train_from,
                     input_shape=(height * width,) if flatten else (height, width, 1),
                     num_classes=SPECS[name].num_classes if name in SPECS else 10,
                     num_train=len(x_train), num_validation=num_validation, num_test=len(arrays["x_test"]),

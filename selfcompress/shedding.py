@@ -13,6 +13,7 @@ model always computes what the original did.
 """
 
 import dataclasses
+import weakref
 
 import keras
 import numpy as np
@@ -189,44 +190,108 @@ def shed(model):
   for old, new in pairs:
     _transfer(old, new, masks.get(old), p.fold.get(old))
   graph = graph_lib.functional_of(cloned)
+  lineage = [(old, new, masks.get(old)) for old, new in pairs]
   if isinstance(model, SelfCompressingModel):
     shed_model = SelfCompressingModel(
         inputs=graph.input, outputs=graph.output, name=model.name,
         **model.options())
     shed_model.size_gamma.assign(model.size_gamma)
-    return shed_model
-  return keras.Model(graph.input, graph.output, name=model.name)
+  else:
+    shed_model = keras.Model(graph.input, graph.output, name=model.name)
+  _LINEAGE[shed_model] = lineage
+  return shed_model
+
+
+def slicers(old, new, masks):
+  """For each weight of `new`: (it, the matching weight of `old`, a function
+  that cuts an array shaped like it down to the new shape). Used for the
+  weights themselves and for the optimizer's per-weight slots."""
+  old_vars = {v.name: v for v in old.weights}
+  m_in, m_out = masks if masks is not None else (None, None)
+  in_idx = np.flatnonzero(m_in) if m_in is not None else None
+  out_idx = np.flatnonzero(m_out) if m_out is not None else None
+  result = []
+  for var in new.weights:
+    source = old_vars.get(var.name)
+    cut = _identity
+    if source is not None and tuple(source.shape) != tuple(var.shape):
+      if isinstance(old, graph_lib.WEIGHTED) and var.name == "kernel":
+        if isinstance(old, L.DepthwiseConv2D):
+          cut = lambda a: a[..., in_idx, :]
+        else:
+          cut = lambda a: a[..., in_idx, :][..., out_idx]
+      elif isinstance(old, graph_lib.WEIGHTED):  # bias, compression state
+        cut = lambda a: a[out_idx]
+      elif tuple(source.shape[-1:]) == tuple(m_out.shape):
+        cut = lambda a: a[..., out_idx]  # BatchNorm, PReLU: per channel
+    result.append((var, source, cut))
+  return result
+
+
+def _identity(a):
+  return a
 
 
 def _transfer(old, new, masks, fold):
   """Copies `old`'s weights into the smaller `new`, folding constants."""
-  if not old.weights:
-    return
-  if masks is None or all(m is None or m.all() for m in masks):
-    if fold is None:
-      new.set_weights(old.get_weights())
-      return
-  m_in, m_out = masks
-  in_idx = np.flatnonzero(m_in) if m_in is not None else None
-  out_idx = np.flatnonzero(m_out)
-  old_vars = {v.name: np.asarray(v) for v in old.weights}
-  for var in new.weights:
-    value = old_vars.get(var.name)
-    if isinstance(old, graph_lib.WEIGHTED) and var.name == "kernel":
-      if isinstance(old, L.DepthwiseConv2D):
-        value = value[..., in_idx, :]
-      elif getattr(old, "groups", 1) == 1:
-        value = value[..., in_idx, :][..., out_idx]
-    elif isinstance(old, graph_lib.WEIGHTED) and var.name == "bias":
-      value = (value if value is not None else np.zeros(m_out.size, "float32"))
-      value = value + (fold if fold is not None else 0.0)
-      value = value[out_idx]
-    elif isinstance(old, graph_lib.WEIGHTED):  # per-channel compression state
-      value = value[out_idx]
-    elif value is not None and value.shape[-1:] == m_out.shape:
-      value = value[..., out_idx]  # BatchNorm, PReLU: per channel
-    if value is None or tuple(value.shape) != tuple(var.shape):
+  for var, source, cut in slicers(old, new, masks):
+    if source is None and var.name == "bias":  # a bias added for the fold
+      value = np.zeros(masks[1].size, "float32")
+      cut = lambda a: a[np.flatnonzero(masks[1])]
+    elif source is None:
+      raise ValueError(f"shed() has no source for weight {var.name!r} of "
+                       f"layer {old.name!r}.")
+    else:
+      value = np.asarray(source)
+    if var.name == "bias" and fold is not None:
+      value = value + fold
+    value = cut(value)
+    if tuple(value.shape) != tuple(var.shape):
       raise ValueError(
           f"shed() cannot map weight {var.name!r} of layer {old.name!r} "
-          f"({None if value is None else value.shape} -> {tuple(var.shape)}).")
+          f"({value.shape} -> {tuple(var.shape)}).")
     var.assign(value)
+
+
+# shed model -> [(old layer, new layer, masks)]: how to carry optimizer state.
+_LINEAGE = weakref.WeakKeyDictionary()
+
+
+def carry_optimizer(old_model, new_model):
+  """Compiles `new_model` (a `shed()` of `old_model`) like `old_model`, with
+  the optimizer's step count and per-weight slots (Adam's moments, ...)
+  sliced down to the channels that remain, so training continues as if
+  nothing had been removed."""
+  lineage = _LINEAGE.get(new_model)
+  if lineage is None:
+    raise ValueError("carry_optimizer() takes a model returned by shed().")
+  old_opt = old_model.optimizer
+  config = keras.saving.deserialize_keras_object(old_model.get_compile_config())
+  config["optimizer"] = old_opt.__class__.from_config(old_opt.get_config())
+  new_model.compile(**config)
+  new_opt = new_model.optimizer
+  new_opt.build(new_model.trainable_variables)
+  new_opt.iterations.assign(old_opt.iterations)
+  old_slots = _slot_lists(old_opt, old_model.trainable_variables)
+  new_slots = _slot_lists(new_opt, new_model.trainable_variables)
+  sources = {}
+  for old, new, masks in lineage:
+    sources.update({id(v): (src, cut) for v, src, cut in slicers(old, new, masks)})
+  for var in new_model.trainable_variables:
+    source, cut = sources.get(id(var), (None, None))
+    if source is None:
+      continue
+    i_old = old_opt._get_variable_index(source)
+    i_new = new_opt._get_variable_index(var)
+    for name, slots in new_slots.items():
+      old_slot = old_slots[name][i_old]
+      if old_slot is not None and slots[i_new] is not None:
+        slots[i_new].assign(cut(np.asarray(old_slot)))
+
+
+def _slot_lists(optimizer, variables):
+  """The optimizer's per-variable slot lists (e.g. Adam's `_momentums`)."""
+  n = len(variables)
+  return {k: v for k, v in vars(optimizer).items()
+          if isinstance(v, list) and len(v) == n and v
+          and all(x is None or isinstance(x, keras.Variable) for x in v)}

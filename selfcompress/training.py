@@ -16,7 +16,7 @@ from absl import logging
 
 import selfcompress as sc
 from selfcompress import callbacks as cb
-from selfcompress import checkpoint, data, models, plots
+from selfcompress import checkpoint, data, models, plots, shed_training
 
 METHODS = ("selfcompress", "dense")
 
@@ -43,6 +43,11 @@ def validate(config):
     bad("target_kb", "must be > 0 KB, or None for a fixed gamma")
   if config.min_channels < 0:
     bad("min_channels", "must be >= 0")
+  if config.shed_every_epochs < 0:
+    bad("shed_every_epochs", "must be >= 0 (0: never shed)")
+  if config.shed_every_epochs and config.method != "selfcompress":
+    bad("shed_every_epochs", "needs method='selfcompress' (a dense model "
+        "has no dead channels)")
 
 
 def build_model(config, input_shape, num_classes):
@@ -100,10 +105,17 @@ def train_and_evaluate(config, workdir):
     if config.method == "selfcompress":
       callbacks.append(cb.LayerHistograms(
           os.path.join(workdir, "tensorboard", "layers")))
-    model.fit(ds.train, validation_data=ds.validation, epochs=config.epochs,
-              initial_epoch=start_epoch, shuffle=False,
-              steps_per_epoch=math.ceil(ds.num_train / config.batch_size),
-              callbacks=callbacks, verbose=config.verbose)
+    fit_kwargs = dict(
+        validation_data=ds.validation, shuffle=False, verbose=config.verbose,
+        steps_per_epoch=math.ceil(ds.num_train / config.batch_size))
+    if config.shed_every_epochs:
+      model, _ = shed_training.fit_and_shed(
+          model, ds.train_from, epochs=config.epochs,
+          shed_every_epochs=config.shed_every_epochs,
+          initial_epoch=start_epoch, callbacks=callbacks, **fit_kwargs)
+    else:
+      model.fit(ds.train, epochs=config.epochs, initial_epoch=start_epoch,
+                callbacks=callbacks, **fit_kwargs)
 
   test = model.evaluate(ds.test, return_dict=True, verbose=0)
   report = sc.size(model)

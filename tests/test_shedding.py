@@ -141,3 +141,61 @@ def test_shed_keeps_options_and_trains_on():
   small.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
   x = rng.normal(size=(64, 12)).astype("float32")
   small.fit(x, rng.integers(0, 3, 64), epochs=1, verbose=0)
+
+
+def _blobs(n=2048, dim=12, classes=3, seed=0):
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(scale=2.0, size=(classes, dim))
+  y = rng.integers(0, classes, n)
+  return (centers[y] + rng.normal(size=(n, dim))).astype("float32"), y
+
+
+def _compiled(gamma=0.5):
+  model = sc.compress(keras.Sequential([
+      keras.Input((12,)), L.Dense(64, activation="relu"),
+      L.Dense(32, activation="relu"), L.Dense(3)]), gamma=gamma)
+  model.compile(keras.optimizers.Adam(3e-3),
+                keras.losses.SparseCategoricalCrossentropy(True))
+  return model
+
+
+def test_swap_carries_optimizer_state_and_loss():
+  x, y = _blobs()
+  model = _compiled()
+  model.fit(x, y, epochs=4, batch_size=64, verbose=0)
+  small = sc.shed(model)
+  assert small.count_params() < model.count_params()
+  from selfcompress import shedding
+  shedding.carry_optimizer(model, small)
+  before = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+  after = small.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+  assert after == pytest.approx(before, abs=1e-5)
+  old_opt, new_opt = model.optimizer, small.optimizer
+  assert int(new_opt.iterations) == int(old_opt.iterations) > 0
+  # The last layer keeps its 3 outputs: its bias moments carry over whole.
+  i_old = old_opt._get_variable_index(model.layers[-1].bias)
+  i_new = new_opt._get_variable_index(small.layers[-1].bias)
+  np.testing.assert_array_equal(new_opt._momentums[i_new],
+                                old_opt._momentums[i_old])
+  np.testing.assert_array_equal(new_opt._velocities[i_new],
+                                old_opt._velocities[i_old])
+
+
+def test_fit_and_shed_shrinks_during_training_without_a_loss_jump():
+  x, y = _blobs()
+  model = _compiled()
+  start = model.count_params()
+  final, history = sc.fit_and_shed(model, _xy(x, y),
+                                   epochs=8, shed_every_epochs=2, verbose=0)
+  assert final.count_params() < start
+  losses = history.history["loss"]
+  assert len(losses) == 8 and history.epoch == list(range(8))
+  for boundary in (2, 4, 6):  # the epoch after each swap
+    assert losses[boundary] <= losses[boundary - 1] * 1.15, losses
+  assert history.history["size_kb"][-1] == pytest.approx(sc.size(final).kb,
+                                                         rel=1e-5)
+
+
+def _xy(x, y):
+  import tensorflow as tf
+  return tf.data.Dataset.from_tensor_slices((x, y)).batch(64)

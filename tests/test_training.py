@@ -144,3 +144,19 @@ def test_missing_data_says_how_to_fix(tmp_path):
   config = smoke_config(str(tmp_path / "nowhere"))
   with pytest.raises(ValueError, match="does not exist|download"):
     training.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_shedding_run_resumes_like_an_uninterrupted_one(tmp_path):
+  data_dir = fake_mnist(tmp_path / "data")
+  overrides = dict(shed_every_epochs=1, gamma=2.0, lr_multiplier=300.0)
+  straight = training.train_and_evaluate(
+      smoke_config(data_dir, epochs=4, **overrides), str(tmp_path / "straight"))
+  resumed_dir = str(tmp_path / "resumed")
+  training.train_and_evaluate(smoke_config(data_dir, epochs=2, **overrides),
+                              resumed_dir)
+  resumed = training.train_and_evaluate(
+      smoke_config(data_dir, epochs=4, **overrides), resumed_dir)
+  assert straight["weights_alive"] < straight["weights_total"]
+  assert resumed["size_kb"] == pytest.approx(straight["size_kb"], rel=1e-4)
+  assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"],
+                                                   abs=1e-6)

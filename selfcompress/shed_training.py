@@ -1,0 +1,76 @@
+"""Training that sheds dead channels as it goes: the network physically
+shrinks during the run, so later epochs are cheaper."""
+
+import keras
+from absl import logging
+
+from selfcompress import graph as graph_lib
+from selfcompress import shedding
+
+
+def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
+                 initial_epoch=0, callbacks=None, **fit_kwargs):
+  """`model.fit` that swaps in `shed(model)` every `shed_every_epochs`.
+
+  Training runs in segments of `shed_every_epochs` epochs. Between segments
+  the dead channels are removed (`selfcompress.shed`, exact) and the
+  optimizer's step and per-weight state (Adam's moments) are carried over,
+  sliced to the channels that remain, so the loss curve continues without a
+  jump. A run resumed at a segment boundary sheds first, as the
+  uninterrupted run did.
+
+  Args:
+    model: a compiled model (usually a `SelfCompressingModel`).
+    train: the training data, or a callable `epoch -> data` returning the
+      stream from that epoch on (so each segment starts where the previous
+      one stopped; `selfcompress.data.load(...).train_from` is one).
+    epochs, initial_epoch, callbacks, **fit_kwargs: as for `fit`. Callbacks
+      see `on_train_begin`/`on_train_end` once per segment.
+
+  Returns:
+    `(model, history)`: the final (shed) model, and a `History` whose
+    `history` dict covers every epoch.
+  """
+  if int(shed_every_epochs) < 1:
+    raise ValueError("`shed_every_epochs` must be >= 1. Received: "
+                     f"{shed_every_epochs}")
+  history = keras.callbacks.History()
+  history.history, history.epoch = {}, []
+  epoch = initial_epoch
+  while epoch < epochs and not getattr(model, "stop_training", False):
+    if epoch > 0 and epoch % shed_every_epochs == 0:
+      model = _shed(model, epoch)
+    stop = min(epochs, (epoch // shed_every_epochs + 1) * shed_every_epochs)
+    segment = model.fit(train(epoch) if callable(train) else train,
+                        epochs=stop, initial_epoch=epoch,
+                        callbacks=callbacks, **fit_kwargs)
+    for key, values in segment.history.items():
+      history.history.setdefault(key, []).extend(values)
+    history.epoch.extend(segment.epoch)
+    epoch = stop
+  history.set_model(model)
+  return model, history
+
+
+def _shed(model, epoch):
+  before = model.count_params()
+  smaller = shedding.shed(model)
+  if smaller.count_params() == before:
+    return model
+  shedding.carry_optimizer(model, smaller)
+  logging.info("Shed after epoch %d: %d -> %d parameters.", epoch, before,
+               smaller.count_params())
+  print(f"shed after epoch {epoch}: {before:,} -> "
+        f"{smaller.count_params():,} parameters "
+        f"({_alive_summary(smaller)})", flush=True)
+  return smaller
+
+
+def _alive_summary(model):
+  parts = []
+  for layer in graph_lib.ChannelGraph.of(model).layers:
+    if isinstance(layer, graph_lib.WEIGHTED):
+      units = getattr(layer, "units", None) or getattr(layer, "filters", None)
+      if units:
+        parts.append(f"{layer.name}: {units}")
+  return ", ".join(parts)
