@@ -21,6 +21,7 @@ def base():
   c.epochs = 20
   c.batch_size = 128
   c.learning_rate = 1e-3
+  c.lr_schedule = "constant"       # or "cosine": decays to 0 over the run
   # Self-compression (REFERENCES.md section 1).
   c.gamma = 0.05                   # weight of the size term (bits/weight)
   c.target_kb = config_dict.placeholder(float)  # budget; adapts gamma
@@ -29,6 +30,7 @@ def base():
   c.lr_multiplier = 100.0          # bit depth/exponent LR vs the weights'
   c.min_channels = 1
   c.shed_every_epochs = 0          # >0: physically remove dead channels then
+  c.shed_min_reduction = 0.1       # ...if that removes >= 10% of parameters
   # Bookkeeping.
   c.checkpoint_every_epochs = 1
   c.verbose = 1                    # Keras progress bar (0: none)

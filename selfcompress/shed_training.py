@@ -9,7 +9,8 @@ from selfcompress import shedding
 
 
 def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
-                 initial_epoch=0, callbacks=None, **fit_kwargs):
+                 min_reduction=0.1, initial_epoch=0, callbacks=None,
+                 **fit_kwargs):
   """`model.fit` that swaps in `shed(model)` every `shed_every_epochs`.
 
   Training runs in segments of `shed_every_epochs` epochs. Between segments
@@ -24,6 +25,10 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
     train: the training data, or a callable `epoch -> data` returning the
       stream from that epoch on (so each segment starts where the previous
       one stopped; `selfcompress.data.load(...).train_from` is one).
+    min_reduction: swap only if the shed model has at least this fraction
+      fewer parameters: each swap retraces (and with XLA recompiles) the
+      training step, which costs seconds; shedding a handful of channels
+      does not pay for that.
     epochs, initial_epoch, callbacks, **fit_kwargs: as for `fit`. Callbacks
       see `on_train_begin`/`on_train_end` once per segment.
 
@@ -39,7 +44,7 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
   epoch = initial_epoch
   while epoch < epochs and not getattr(model, "stop_training", False):
     if epoch > 0 and epoch % shed_every_epochs == 0:
-      model = _shed(model, epoch)
+      model = _shed(model, epoch, min_reduction)
     stop = min(epochs, (epoch // shed_every_epochs + 1) * shed_every_epochs)
     segment = model.fit(train(epoch) if callable(train) else train,
                         epochs=stop, initial_epoch=epoch,
@@ -52,10 +57,10 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
   return model, history
 
 
-def _shed(model, epoch):
+def _shed(model, epoch, min_reduction):
   before = model.count_params()
   smaller = shedding.shed(model)
-  if smaller.count_params() == before:
+  if smaller.count_params() > before * (1.0 - min_reduction):
     return model
   shedding.carry_optimizer(model, smaller)
   logging.info("Shed after epoch %d: %d -> %d parameters.", epoch, before,

@@ -41,16 +41,20 @@ def validate(config):
     bad("gamma", "must be >= 0 (0 trains without a size penalty)")
   if config.target_kb is not None and not config.target_kb > 0:
     bad("target_kb", "must be > 0 KB, or None for a fixed gamma")
+  if config.lr_schedule not in ("constant", "cosine"):
+    bad("lr_schedule", "must be 'constant' or 'cosine'")
   if config.min_channels < 0:
     bad("min_channels", "must be >= 0")
   if config.shed_every_epochs < 0:
     bad("shed_every_epochs", "must be >= 0 (0: never shed)")
+  if not 0 <= config.shed_min_reduction < 1:
+    bad("shed_min_reduction", "must be in [0, 1)")
   if config.shed_every_epochs and config.method != "selfcompress":
     bad("shed_every_epochs", "needs method='selfcompress' (a dense model "
         "has no dead channels)")
 
 
-def build_model(config, input_shape, num_classes):
+def build_model(config, input_shape, num_classes, steps_per_epoch):
   """The config's model, compressed unless `method == "dense"`, compiled."""
   keras.utils.set_random_seed(config.seed)
   model = models.get(config.model, input_shape, num_classes,
@@ -60,8 +64,11 @@ def build_model(config, input_shape, num_classes):
         model, gamma=config.gamma, target_kb=config.target_kb,
         target_rate=config.target_rate, min_channels=config.min_channels,
         bits_init=config.bits_init, lr_multiplier=config.lr_multiplier)
+  lr = config.learning_rate
+  if config.lr_schedule == "cosine":
+    lr = keras.optimizers.schedules.CosineDecay(lr, steps_per_epoch * config.epochs)
   model.compile(
-      optimizer=keras.optimizers.Adam(config.learning_rate),
+      optimizer=keras.optimizers.Adam(lr),
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=["accuracy"])
   return model
@@ -94,7 +101,8 @@ def train_and_evaluate(config, workdir):
     logging.info("Resuming %s from epoch %d of %d.", workdir, start_epoch,
                  config.epochs)
   else:
-    model = build_model(config, ds.input_shape, ds.num_classes)
+    model = build_model(config, ds.input_shape, ds.num_classes,
+                        math.ceil(ds.num_train / config.batch_size))
   if start_epoch < config.epochs:
     callbacks = [
         cb.EpochLog(history, workdir, config.epochs),
@@ -112,7 +120,8 @@ def train_and_evaluate(config, workdir):
       model, _ = shed_training.fit_and_shed(
           model, ds.train_from, epochs=config.epochs,
           shed_every_epochs=config.shed_every_epochs,
-          initial_epoch=start_epoch, callbacks=callbacks, **fit_kwargs)
+          min_reduction=config.shed_min_reduction, initial_epoch=start_epoch,
+          callbacks=callbacks, **fit_kwargs)
     else:
       model.fit(ds.train, epochs=config.epochs, initial_epoch=start_epoch,
                 callbacks=callbacks, **fit_kwargs)
