@@ -5,9 +5,11 @@
 
 5,000 training images are held out for validation (as in the lottery-ticket
 work); the test set is the official 10,000. About 1.5 minutes on 2 CPU cores.
-Expected (gamma 0.01, seed 0): see BENCHMARKS.md, "MNIST" (about 98% at
-about 20-25 KB; the dense float32 model is 1,066 KB at about 98.2%).
-Baseline: add `--config.method=dense`. `:smoke` shrinks it to seconds.
+Expected (gamma 0.1, seed 0, measured 2026-11-20): 97.55% test accuracy at
+18.8 KB, 56.7x smaller than float32; the dense baseline
+(`--config.method=dense`) reaches 98.20% at 1,066 KB. gamma was picked on
+validation accuracy (0.1: 97.02%, 0.01: 96.98%). Curve: BENCHMARKS.md.
+`:smoke` shrinks it to seconds.
 """
 
 from selfcompress import config as base
@@ -20,5 +22,5 @@ def get_config(arg=None):
   c.epochs = 30
   c.batch_size = 128
   c.learning_rate = 1e-3
-  c.gamma = 0.01
+  c.gamma = 0.1
   return base.apply_arg(c, arg)
