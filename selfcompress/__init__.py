@@ -4,6 +4,7 @@ from selfcompress import compressors
 from selfcompress import layers
 from selfcompress.callbacks import CompressionMonitor, TrainingDivergedError
 from selfcompress.convert import compress
+from selfcompress.export import export
 from selfcompress.graph import ChannelGraph
 from selfcompress.model import SelfCompressingModel
 from selfcompress.shed_training import fit_and_shed
@@ -14,6 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGraph", "CompressionMonitor", "SelfCompressingModel", "SizeReport",
-    "TrainingDivergedError", "compress", "fit_and_shed", "compressors", "layers", "shed", "size",
+    "TrainingDivergedError", "compress", "export", "fit_and_shed", "compressors", "layers", "shed", "size",
     "summary",
 ]

@@ -1,0 +1,267 @@
+"""Compact export: a SavedModel whose weights are the packed integer codes.
+
+`export(model, path)` sheds the dead channels, packs each alive channel's
+codes at its learned bit depth (`selfcompress.packing`), and writes a
+SavedModel whose `serving_default` signature decodes them inside the graph
+(`codes * 2^e`) before each layer's op. Serving needs TensorFlow only.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import zlib
+
+import keras
+import numpy as np
+from keras import ops
+
+from selfcompress import accounting, graph as graph_lib, packing, shedding
+from selfcompress.layers import CompressedLayer
+
+REPORT = "selfcompress_export.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+  path: str
+  packed_weight_bytes: int       # the packed codes alone
+  zlib_weight_bytes: int         # the same, entropy-coded with zlib -9
+  directory_bytes: int           # the whole SavedModel folder
+  accounting_bytes: float        # what selfcompress.size() says
+  dense_float32_bytes: int       # the float32 SavedModel of the same network
+
+  def as_dict(self):
+    return dataclasses.asdict(self)
+
+
+class _Packed:
+  """Mixin: a compressed layer whose kernel is decoded from packed codes."""
+
+  def set_packed(self, packed, scale, bias):
+    self._packed_shape = packed.shape
+    self._per_channel = int(np.prod(packed.shape[:-1]))
+    order = np.full(packed.shape[-1], sum(len(c) for c, _ in packed.groups.values()))
+    self._groups, row = [], 0
+    for b, (channels, data) in sorted(packed.groups.items()):
+      var = self.add_weight(name=f"codes_{b}bit", shape=data.shape,
+                            dtype="uint8", trainable=False,
+                            initializer=keras.initializers.Constant(0))
+      var.assign(data)
+      self._groups.append((b, len(channels), var))
+      order[channels] = np.arange(row, row + len(channels))
+      row += len(channels)
+    self._order = self._const("channel_order", order.astype("int32"), "int32")
+    self._scale = self._const("scale", scale.astype("float32"), "float32")
+    self._bias = None if bias is None else self._const("bias_packed", bias, "float32")
+
+  def _const(self, name, value, dtype):
+    var = self.add_weight(name=name, shape=value.shape, dtype=dtype,
+                          trainable=False,
+                          initializer=keras.initializers.Constant(0))
+    var.assign(value)
+    return var
+
+  def build(self, input_shape):
+    self.built = True  # weights come from set_packed()
+
+  def decoded_kernel(self):
+    per, rows = self._per_channel, []
+    for b, n, data in self._groups:
+      byte = ops.cast(ops.convert_to_tensor(data), "int32")
+      bits = ops.bitwise_and(ops.right_shift(
+          ops.expand_dims(byte, 1), ops.arange(7, -1, -1, dtype="int32")), 1)
+      bits = ops.reshape(ops.reshape(bits, (-1,))[:n * per * b], (n * per, b))
+      weights = ops.convert_to_tensor(2 ** np.arange(b - 1, -1, -1), "int32")
+      values = ops.sum(bits * weights, axis=1)
+      values = ops.where(values >= 2 ** (b - 1), values - 2 ** b, values)
+      rows.append(ops.reshape(values, (n, per)))
+    rows.append(ops.zeros((1, per), "int32"))  # dead channels
+    table = ops.take(ops.concatenate(rows, axis=0), self._order, axis=0)
+    kernel_t = ops.cast(table, "float32") * ops.expand_dims(self._scale, 1)
+    return ops.reshape(ops.transpose(kernel_t), self._kernel_shape)
+
+  def call(self, inputs, training=None):
+    outputs = self._output_with(inputs, self.decoded_kernel())
+    if self._bias is not None:
+      outputs = ops.add(outputs, self._bias)
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return outputs
+
+
+def _packed_class(layer):
+  cls = type(layer)
+  return type("Packed" + cls.__name__, (_Packed, cls), {})
+
+
+def _pack_layer(layer):
+  """A serving twin of a compressed layer, holding packed codes."""
+  c = layer.compressor
+  q = np.asarray(c.apply(layer.kernel_variable, None)[0])
+  state = c.state()
+  bits = np.asarray(state.storage_bits).astype(int)
+  scale = np.asarray(ops.power(2.0, c.exponent()))
+  kernel_shape = q.shape
+  flat_shape = kernel_shape if not isinstance(layer, keras.layers.DepthwiseConv2D) \
+      else kernel_shape[:2] + (kernel_shape[2] * kernel_shape[3],)
+  codes = np.rint(q.reshape(flat_shape) / scale).astype(np.int64)
+  alive = np.asarray(state.alive) > 0
+  codes[..., ~alive] = 0
+  bits[~alive] = 0
+  packed = packing.pack(codes, bits)
+  bias = None
+  if layer.bias is not None:
+    bias = np.asarray(layer.bias) * alive
+  config = layer.get_config()
+  new = _packed_class(layer).from_config(config)
+  new._kernel_shape = kernel_shape
+  new.set_packed(packed, scale, bias)
+  return new, packed
+
+
+def _float_twin(layer):
+  """The plain Keras layer computing the same thing in float32."""
+  config = {k: v for k, v in layer.get_config().items() if k != "compressor"}
+  keras_cls = next(c for c in type(layer).__mro__[1:]
+                   if c.__module__.startswith("keras."))
+  new = keras_cls.from_config(config)
+  return new
+
+
+def _rebuild(model, replace):
+  functional = graph_lib.functional_of(model)
+  made = []
+
+  def clone(layer):
+    new = replace(layer)
+    made.append((layer, new))
+    return new
+
+  plain = keras.Model(functional.input, functional.output)  # not our class
+  cloned = keras.models.clone_model(plain, clone_function=clone)
+  return cloned, made
+
+
+def serving_models(model):
+  """(compact, dense float32) Keras models equal to `model`'s inference."""
+  small = shedding.shed(model)
+  packs = []
+
+  def compact(layer):
+    if isinstance(layer, CompressedLayer):
+      new, packed = _pack_layer(layer)
+      packs.append(packed)
+      return new
+    return _copy(layer)
+
+  def dense(layer):
+    if isinstance(layer, CompressedLayer):
+      return _float_twin(layer)
+    return _copy(layer)
+
+  compact_model, made = _rebuild(small, compact)
+  _copy_weights(made, packed_too=False)
+  dense_model, made = _rebuild(model, dense)
+  for old, new in made:
+    if isinstance(old, CompressedLayer):
+      q, b = old.compressor.apply(old.kernel_variable, old.bias)
+      new.set_weights([np.asarray(q)] + ([np.asarray(b)] if b is not None else []))
+    elif old.weights:
+      new.set_weights(old.get_weights())
+  return compact_model, dense_model, packs
+
+
+def _copy(layer):
+  try:
+    return layer.__class__.from_config(layer.get_config())
+  except Exception as e:  # a custom layer without a working config
+    raise ValueError(
+        f"export() cannot rebuild layer {layer.name!r} "
+        f"({type(layer).__name__}) from its config: {e}. Register it with "
+        "@keras.saving.register_keras_serializable and give it get_config().")
+
+
+def _copy_weights(made, packed_too):
+  for old, new in made:
+    if not isinstance(new, _Packed) and old.weights:
+      new.set_weights(old.get_weights())
+
+
+def export(model, path, format="saved_model", overwrite=False):
+  """Writes `model` for serving; returns an `ExportReport`.
+
+  Args:
+    model: a trained `SelfCompressingModel` (or any model of
+      `selfcompress.layers`).
+    path: the SavedModel folder to create. Written to a temporary folder
+      first and renamed, so a failure leaves no half-written export.
+    format: "saved_model".
+    overwrite: replace an existing folder at `path`.
+  """
+  if format != "saved_model":
+    raise ValueError(f"Unknown export format {format!r}; supported: "
+                     "'saved_model'.")
+  layers = list(model._flatten_layers(include_self=False))
+  if not any(isinstance(l, CompressedLayer) for l in layers):
+    raise ValueError(
+        f"Model {model.name!r} has no self-compressing layers, so there is "
+        "nothing to pack. Convert it with selfcompress.compress() and train "
+        "it; a plain float model exports with model.export().")
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+  compact, dense, packs = serving_models(model)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
+  try:
+    _write_saved_model(compact, os.path.join(tmp, "model"))
+    dense_dir = os.path.join(tmp, "dense")
+    _write_saved_model(dense, dense_dir)
+    dense_bytes = _folder_bytes(dense_dir)
+    stream = b"".join(d.tobytes() for p in packs for _, d in p.groups.values())
+    report = ExportReport(
+        path=path, packed_weight_bytes=sum(p.nbytes for p in packs),
+        zlib_weight_bytes=len(zlib.compress(stream, 9)),
+        directory_bytes=0, accounting_bytes=accounting.size(model).bytes,
+        dense_float32_bytes=dense_bytes)
+    final = os.path.join(tmp, "model")
+    report = dataclasses.replace(report, directory_bytes=_folder_bytes(final))
+    with open(os.path.join(final, REPORT), "w") as f:
+      json.dump(report.as_dict(), f, indent=2)
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.replace(final, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return report
+
+
+def _write_saved_model(model, path):
+  import tensorflow as tf  # the SavedModel format
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=n)
+          for t, n in zip(model.inputs, _input_names(model))]
+
+  def serve(*inputs):
+    outputs = model(list(inputs) if len(inputs) > 1 else inputs[0],
+                    training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return {f"output_{i}" if len(outputs) > 1 else "output": o
+            for i, o in enumerate(outputs)}
+
+  archive.add_endpoint("serving_default", serve, input_signature=spec)
+  archive.write_out(path, verbose=False)
+
+
+def _input_names(model):
+  return [t.name.split(":")[0].replace("/", "_") or f"input_{i}"
+          for i, t in enumerate(model.inputs)]
+
+
+def _folder_bytes(path):
+  return sum(os.path.getsize(os.path.join(d, f))
+             for d, _, files in os.walk(path) for f in files)

@@ -1,0 +1,70 @@
+"""export(): a SavedModel that is small and computes what the model did."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import selfcompress as sc
+from test_shedding import _kill, _randomize, conv_bn_flatten, mlp, residual
+
+
+def _serve(path, x):
+  loaded = tf.saved_model.load(path)
+  fn = loaded.signatures["serving_default"]
+  (name,) = fn.structured_input_signature[1]
+  return fn(**{name: tf.constant(x)})["output"].numpy()
+
+
+@pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
+def test_saved_model_equals_quantized_forward(build, tmp_path):
+  rng = np.random.default_rng(0)
+  model = sc.compress(build())
+  _randomize(model, rng)
+  _kill(model, rng)
+  for layer in model.layers:  # varied bit depths on the alive channels
+    if isinstance(layer, sc.layers.CompressedLayer):
+      c = layer.compressor
+      bits = np.asarray(c.raw_bits())
+      c.assign(bits=np.where(bits > 0, rng.uniform(1.2, 7.9, bits.size), bits))
+  x = rng.normal(size=(64,) + tuple(model.input_shape[1:])).astype("float32")
+  expected = np.asarray(model(x, training=False))
+  report = sc.export(model, tmp_path / "export")
+  served = _serve(str(tmp_path / "export"), x)
+  np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
+  saved = json.load(open(tmp_path / "export" / "selfcompress_export.json"))
+  assert saved["packed_weight_bytes"] == report.packed_weight_bytes
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
+def test_packed_codes_are_as_small_as_the_accounting_says(build, tmp_path):
+  # Default BatchNorm: dead channels are exactly 0, so all their downstream
+  # weights go. (With a non-zero BatchNorm shift feeding a 'same'-padded
+  # convolution, shed() must keep them and the export is larger than the
+  # accounting; see BENCHMARKS.md.)
+  rng = np.random.default_rng(1)
+  model = sc.compress(build())
+  _kill(model, rng)
+  report = sc.export(model, tmp_path / "export")
+  weight_bits = sum(l.weight_bits for l in sc.size(model).layers)
+  groups = 8 * len([l for l in model.layers
+                    if isinstance(l, sc.layers.CompressedLayer)])
+  assert weight_bits <= report.packed_weight_bytes * 8 <= weight_bits + 8 * groups
+
+
+def test_export_rejects_plain_models_and_never_half_writes(tmp_path):
+  plain = mlp()
+  with pytest.raises(ValueError, match="no self-compressing layers"):
+    sc.export(plain, tmp_path / "a")
+  model = sc.compress(mlp())
+  sc.export(model, tmp_path / "b")
+  with pytest.raises(FileExistsError, match="overwrite"):
+    sc.export(model, tmp_path / "b")
+  with pytest.raises(ValueError, match="format"):
+    sc.export(model, tmp_path / "c", format="onnx")
+  assert sorted(os.listdir(tmp_path)) == ["b"]
