@@ -4,7 +4,7 @@ from selfcompress import compressors
 from selfcompress import layers
 from selfcompress.callbacks import CompressionMonitor, TrainingDivergedError
 from selfcompress.convert import compress
-from selfcompress.export import export
+from selfcompress.exporting import export
 from selfcompress.graph import ChannelGraph
 from selfcompress.model import SelfCompressingModel
 from selfcompress.shed_training import fit_and_shed

@@ -240,9 +240,10 @@ def export(model, path, format="saved_model", overwrite=False):
 
 
 def _write_saved_model(model, path):
+  """A SavedModel with one `serving_default` signature. A plain tf.Module
+  holding each variable once: Keras' ExportArchive tracks two lists of the
+  same variables and the checkpoint stores both."""
   import tensorflow as tf  # the SavedModel format
-  archive = keras.export.ExportArchive()
-  archive.track(model)
   spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=n)
           for t, n in zip(model.inputs, _input_names(model))]
 
@@ -253,8 +254,14 @@ def _write_saved_model(model, path):
     return {f"output_{i}" if len(outputs) > 1 else "output": o
             for i, o in enumerate(outputs)}
 
-  archive.add_endpoint("serving_default", serve, input_signature=spec)
-  archive.write_out(path, verbose=False)
+  module = tf.Module()
+  module.weights = [v.value for v in model.variables]
+  # XLA fuses the decode (a few dozen small ops per layer) into the layer's
+  # kernel: without it, op dispatch alone dominates a batch-1 call.
+  module.serve = tf.function(serve, input_signature=spec, jit_compile=True,
+                             autograph=False)
+  tf.saved_model.save(module, path,
+                      signatures={"serving_default": module.serve})
 
 
 def _input_names(model):
