@@ -54,3 +54,31 @@ def sweep():
     sweep_lib.run_sweep(FLAGS.config, FLAGS.workdir, gammas, seeds,
                         dense=FLAGS.dense)
   app.run(main)
+
+
+def export():
+  """Exports a trained model (a workdir's model.keras, or any .keras file)."""
+  flags.DEFINE_string("workdir", None, "A tools/train.py workdir (uses its "
+                      "model.keras).")
+  flags.DEFINE_string("model", None, "A .keras file (instead of --workdir).")
+  flags.DEFINE_string("output", None, "The SavedModel folder or .tflite file.")
+  flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"],
+                    "Export format.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing export.")
+  flags.mark_flags_as_required(["output"])
+
+  def main(argv):
+    _no_args(argv)
+    if bool(FLAGS.workdir) == bool(FLAGS.model):
+      raise app.UsageError("Give exactly one of --workdir and --model.")
+    path = FLAGS.model or os.path.join(FLAGS.workdir, "model.keras")
+    if not os.path.exists(path):
+      raise app.UsageError(
+          f"{path} does not exist. A workdir has model.keras once "
+          "tools/train.py has finished; otherwise pass --model=FILE.keras.")
+    import keras
+    import selfcompress as sc
+    report = sc.export(keras.models.load_model(path), FLAGS.output,
+                       format=FLAGS.format, overwrite=FLAGS.overwrite)
+    print(report)
+  app.run(main)

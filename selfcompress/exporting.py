@@ -144,8 +144,25 @@ def _rebuild(model, replace):
   return cloned, made
 
 
+def float_model(model):
+  """A plain Keras model computing `model`'s inference in float32: each
+  compressed layer becomes its Keras parent holding the quantized kernel."""
+  def twin(layer):
+    return _float_twin(layer) if isinstance(layer, CompressedLayer) else _copy(layer)
+
+  twin_model, made = _rebuild(model, twin)
+  for old, new in made:
+    if isinstance(old, CompressedLayer):
+      q, b = old.compressor.apply(old.kernel_variable, old.bias)
+      new.set_weights([np.asarray(q)] + ([np.asarray(b)] if b is not None else []))
+    elif old.weights:
+      new.set_weights(old.get_weights())
+  return twin_model
+
+
 def serving_models(model):
-  """(compact, dense float32) Keras models equal to `model`'s inference."""
+  """(compact, dense float32, packs): the packed serving twin of the shed
+  model, the float32 twin of the unshed network, and the packed codes."""
   small = shedding.shed(model)
   packs = []
 
@@ -156,21 +173,9 @@ def serving_models(model):
       return new
     return _copy(layer)
 
-  def dense(layer):
-    if isinstance(layer, CompressedLayer):
-      return _float_twin(layer)
-    return _copy(layer)
-
   compact_model, made = _rebuild(small, compact)
-  _copy_weights(made, packed_too=False)
-  dense_model, made = _rebuild(model, dense)
-  for old, new in made:
-    if isinstance(old, CompressedLayer):
-      q, b = old.compressor.apply(old.kernel_variable, old.bias)
-      new.set_weights([np.asarray(q)] + ([np.asarray(b)] if b is not None else []))
-    elif old.weights:
-      new.set_weights(old.get_weights())
-  return compact_model, dense_model, packs
+  _copy_weights(made)
+  return compact_model, float_model(model), packs
 
 
 def _copy(layer):
@@ -183,7 +188,7 @@ def _copy(layer):
         "@keras.saving.register_keras_serializable and give it get_config().")
 
 
-def _copy_weights(made, packed_too):
+def _copy_weights(made):
   for old, new in made:
     if not isinstance(new, _Packed) and old.weights:
       new.set_weights(old.get_weights())
@@ -197,12 +202,15 @@ def export(model, path, format="saved_model", overwrite=False):
       `selfcompress.layers`).
     path: the SavedModel folder to create. Written to a temporary folder
       first and renamed, so a failure leaves no half-written export.
-    format: "saved_model".
+    format: "saved_model", or "tflite" (LiteRT). LiteRT has no bitwise
+      ops to unpack codes with, so the `.tflite` file holds the shed
+      network's quantized weights in float32: smaller than the dense model
+      by the channels shedding removed, not by the bit depths.
     overwrite: replace an existing folder at `path`.
   """
-  if format != "saved_model":
+  if format not in ("saved_model", "tflite"):
     raise ValueError(f"Unknown export format {format!r}; supported: "
-                     "'saved_model'.")
+                     "'saved_model', 'tflite'.")
   layers = list(model._flatten_layers(include_self=False))
   if not any(isinstance(l, CompressedLayer) for l in layers):
     raise ValueError(
@@ -212,6 +220,8 @@ def export(model, path, format="saved_model", overwrite=False):
   path = os.path.abspath(os.fspath(path))
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+  if format == "tflite":
+    return _export_tflite(model, path)
   compact, dense, packs = serving_models(model)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
@@ -265,6 +275,9 @@ def _write_saved_model(model, path):
 
 
 def _input_names(model):
+  """`inputs` for a single-input model, else the model's input names."""
+  if len(model.inputs) == 1:
+    return ["inputs"]
   return [t.name.split(":")[0].replace("/", "_") or f"input_{i}"
           for i, t in enumerate(model.inputs)]
 
@@ -272,3 +285,18 @@ def _input_names(model):
 def _folder_bytes(path):
   return sum(os.path.getsize(os.path.join(d, f))
              for d, _, files in os.walk(path) for f in files)
+
+
+def _export_tflite(model, path):
+  """Writes `path` (a .tflite file) atomically; returns its size in bytes."""
+  import tensorflow as tf  # the LiteRT converter ships with TensorFlow
+  twin = float_model(shedding.shed(model))
+  converter = tf.lite.TFLiteConverter.from_keras_model(twin)
+  data = converter.convert()
+
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+  from selfcompress import checkpoint
+  checkpoint.atomic_write(path, write)
+  return len(data)

@@ -68,3 +68,26 @@ def test_export_rejects_plain_models_and_never_half_writes(tmp_path):
   with pytest.raises(ValueError, match="format"):
     sc.export(model, tmp_path / "c", format="onnx")
   assert sorted(os.listdir(tmp_path)) == ["b"]
+
+
+@pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
+def test_litert_export_matches_within_float_tolerance(build, tmp_path):
+  interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
+  rng = np.random.default_rng(2)
+  model = sc.compress(build())
+  _randomize(model, rng)
+  _kill(model, rng)
+  x = rng.normal(size=(8,) + tuple(model.input_shape[1:])).astype("float32")
+  expected = np.asarray(model(x, training=False))
+  path = str(tmp_path / "model.tflite")
+  nbytes = sc.export(model, path, format="tflite")
+  assert os.path.getsize(path) == nbytes
+  it = interpreter_lib.Interpreter(model_path=path)
+  (inp,), (out,) = it.get_input_details(), it.get_output_details()
+  it.resize_tensor_input(inp["index"], x.shape)
+  it.allocate_tensors()
+  it.set_tensor(inp["index"], x)
+  it.invoke()
+  served = it.get_tensor(out["index"])
+  np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-4)
+  np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
