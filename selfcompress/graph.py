@@ -17,6 +17,7 @@ import math
 import weakref
 
 import keras
+import numpy as np
 from keras import ops
 
 L = keras.layers
@@ -84,6 +85,7 @@ class Step:
   rule: str
   out_channels: list
   in_shapes: list
+  padded: bool = False       # reads padding: dead non-zero inputs count
 
 
 @dataclasses.dataclass
@@ -151,7 +153,8 @@ class ChannelGraph:
         self.steps.append(Step(
             layer=op, inputs=inputs, outputs=outputs, rule=_rule(op, node),
             out_channels=[_channels(t) for t in node.outputs],
-            in_shapes=[tuple(t.shape) for t in node.input_tensors]))
+            in_shapes=[tuple(t.shape) for t in node.input_tensors],
+            padded=_reads_padding(op)))
         if self.steps[-1].rule == "unknown":
           self.unknown.append(op)
         for k in outputs:
@@ -159,38 +162,67 @@ class ChannelGraph:
 
   def propagate(self, states=None):
     """Liveness of every channel, from the compressors' current state (or
-    from `states`, a dict layer -> `ChannelState`, for what-if questions)."""
+    from `states`, a dict layer -> `ChannelState`, for what-if questions).
+
+    Alongside liveness it carries each dead channel's constant value
+    (inference mode; NaN where it cannot be known). A dead channel with a
+    non-zero constant (a BatchNorm shift, say) cannot be dropped before a
+    padded convolution, whose border taps see the padding instead of the
+    constant: such a consumer counts it as an input, exactly as `shed()`
+    keeps it.
+    """
     tensors = {k: ops.ones((c,)) for k, c in
                zip(self.input_keys, self.input_channels)}
+    consts = {k: ops.zeros((c,)) for k, c in
+              zip(self.input_keys, self.input_channels)}
     flow = Flow({}, {}, {}, tensors, dict(states or {}))
     for step in self.steps:
       ins = [tensors[k] for k in step.inputs]
+      cs = [consts[k] for k in step.inputs]
       layer = step.layer
       if step.rule == "weighted":
-        fi = fan_in(layer, ins[0])
+        nonzero = _dead_nonzero(ins[0], cs[0])
+        seen = ops.maximum(ins[0], nonzero) if step.padded else ins[0]
+        fi = fan_in(layer, seen)
         out = ops.cast(ops.greater(fi, 0.0), "float32")
         compressor = getattr(layer, "compressor", None)
+        bias = layer.bias
         if compressor is not None:
           flow.states[layer] = flow.states.get(layer) or compressor.state()
           out = out * flow.states[layer].alive
-        flow.in_alive[layer] = _merge(flow.in_alive.get(layer), ins[0])
+          if bias is not None:
+            bias = bias * flow.states[layer].alive
+        flow.in_alive[layer] = _merge(flow.in_alive.get(layer), seen)
         flow.fan_in[layer] = _merge(flow.fan_in.get(layer), fi)
         outs = [out]
+        const = ops.zeros((out.shape[0],)) if bias is None else \
+            ops.convert_to_tensor(bias)
+        const = _apply(layer.activation, const)
+        if not step.padded:  # dead non-zero inputs shift the constant
+          shifted = ops.greater(fan_in(layer, nonzero), 0.0)
+          const = ops.where(shifted, float("nan"), const)
+        out_consts = [const]
       elif step.rule == "passthrough":
-        outs = [ins[0]]
+        outs = [ops.maximum(ins[0], _dead_nonzero(ins[0], cs[0]))
+                if step.padded else ins[0]]
+        out_consts = [_constant_through(layer, cs[0])]
       elif step.rule == "flatten":
-        outs = [ops.tile(ins[0], [math.prod(step.in_shapes[0][1:-1])])]
+        reps = [math.prod(step.in_shapes[0][1:-1])]
+        outs, out_consts = [ops.tile(ins[0], reps)], [ops.tile(cs[0], reps)]
       elif step.rule == "merge_or":
         outs = [_or(ins, step.out_channels[0])]
+        out_consts = [_merge_constants(layer, cs, step.out_channels[0])]
       elif step.rule == "concat":
         outs = [ops.concatenate(ins, axis=0)]
+        out_consts = [ops.concatenate(cs, axis=0)]
       else:
         outs = [ops.ones((c,)) for c in step.out_channels]
+        out_consts = [ops.zeros((c,)) for c in step.out_channels]
       if step.rule != "weighted":
         flow.in_alive[layer] = _merge(flow.in_alive.get(layer), ins[0]) \
             if ins else None
-      for k, v in zip(step.outputs, outs):
-        tensors[k] = v
+      for k, v, c in zip(step.outputs, outs, out_consts):
+        tensors[k], consts[k] = v, c
       flow.out_alive[layer] = _merge(flow.out_alive.get(layer), outs[0])
     return flow
 
@@ -283,6 +315,68 @@ def _rule(op, node):
   if name in ("Add", "Subtract", "Multiply", "Maximum", "Minimum"):
     return "merge_or"
   return "unknown"
+
+
+def _reads_padding(op):
+  """Whether the layer sees zero padding where its input has a constant."""
+  if isinstance(op, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)):
+    return True
+  if isinstance(op, WEIGHTED) and not isinstance(op, L.Dense):
+    return op.padding in ("same", "causal") and math.prod(op.kernel_size) > 1
+  return False
+
+
+def _dead_nonzero(alive, const):
+  """1 for dead channels whose constant is not known to be exactly 0."""
+  known_zero = ops.cast(ops.equal(const, 0.0), "float32")  # NaN: not zero
+  return (1.0 - alive) * (1.0 - known_zero)
+
+
+def _apply(activation, x):
+  if activation is None:
+    return x
+  return ops.reshape(activation(ops.reshape(x, (1, -1))), (-1,))
+
+
+_ELEMENTWISE = (L.ReLU, L.LeakyReLU, L.ELU, L.Activation)
+
+
+def _constant_through(layer, c):
+  """A dead channel's constant after a one-to-one layer (inference mode)."""
+  if isinstance(layer, L.BatchNormalization):
+    scale = ops.rsqrt(layer.moving_variance + layer.epsilon)
+    if layer.gamma is not None:
+      scale = scale * layer.gamma
+    shifted = (c - layer.moving_mean) * scale
+    return shifted + layer.beta if layer.beta is not None else shifted
+  if isinstance(layer, L.Rescaling):
+    return c * layer.scale + layer.offset
+  if isinstance(layer, _ELEMENTWISE):
+    return ops.reshape(layer(ops.reshape(c, (1, -1))), (-1,))
+  if isinstance(layer, L.PReLU):
+    return ops.where(ops.greater_equal(c, 0.0), c, float("nan"))
+  return c  # pooling, dropout, padding, cropping, upsampling: unchanged
+
+
+def _merge_constants(layer, consts, channels):
+  name = type(layer).__name__
+  out = consts[0]
+  for c in consts[1:]:
+    if name in ("Add", "Average"):
+      out = out + c
+    elif name == "Subtract":
+      out = out - c
+    elif name == "Multiply":
+      out = out * c
+    elif name == "Maximum":
+      out = ops.maximum(out, c)
+    elif name == "Minimum":
+      out = ops.minimum(out, c)
+    else:
+      return ops.full((channels,), float("nan"))
+  if name == "Average":
+    out = out / len(consts)
+  return ops.broadcast_to(out, (channels,))
 
 
 def _merge(previous, new):
