@@ -54,6 +54,24 @@ def validate(config):
         "has no dead channels)")
 
 
+def _check_resumable(config, workdir):
+  """A cosine schedule is fixed by the run's length: resuming with another
+  `epochs` would continue the old schedule (already at 0) and not learn."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    before = json.load(f)
+  if (before.get("lr_schedule") == "cosine" and config.lr_schedule == "cosine"
+      and before.get("epochs") != config.epochs):
+    raise ValueError(
+        f"{workdir} holds a run started with epochs={before.get('epochs')} "
+        "and a cosine learning-rate schedule that decays to 0 at its end; "
+        f"resuming it with epochs={config.epochs} would train at the old "
+        "schedule's rate. Resume with the same epochs, or start a new "
+        "--workdir.")
+
+
 def build_model(config, input_shape, num_classes, steps_per_epoch):
   """The config's model, compressed unless `method == "dense"`, compiled."""
   keras.utils.set_random_seed(config.seed)
@@ -80,7 +98,9 @@ def train_and_evaluate(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   results_path = os.path.join(workdir, "results.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  checkpoint.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  _check_resumable(config, workdir)
+  checkpoint.write_text(os.path.join(workdir, "config.json"),
+                        config.to_json_best_effort(indent=2))
 
   if os.path.exists(results_path):
     with open(results_path) as f:

@@ -47,6 +47,9 @@ def smoke_config(data_dir, **overrides):
                        "smoke")
   config.data_dir = data_dir
   config.verify_checksums = False
+  # Tests resume runs with a larger `epochs`, which a cosine schedule
+  # (fixed by the run's length) does not allow.
+  config.lr_schedule = "constant"
   config.num_validation = 100
   config.verbose = 0
   for key, value in overrides.items():
@@ -103,7 +106,8 @@ def test_kill_9_then_same_command_finishes(tmp_path):
          f"--config={REPO}/configs/mnist_lenet300.py:smoke",
          f"--config.data_dir={data_dir}", "--config.verify_checksums=False",
          "--config.num_validation=100", "--config.max_train_examples=0",
-         "--config.epochs=40", "--config.verbose=0", f"--workdir={workdir}"]
+         "--config.epochs=40", "--config.verbose=0",
+         "--config.lr_schedule=constant", f"--workdir={workdir}"]
   state = workdir / "checkpoints" / "state.json"
   proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -160,3 +164,13 @@ def test_shedding_run_resumes_like_an_uninterrupted_one(tmp_path):
   assert resumed["size_kb"] == pytest.approx(straight["size_kb"], rel=1e-4)
   assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"],
                                                    abs=1e-6)
+
+
+def test_resuming_a_cosine_run_with_other_epochs_is_refused(tmp_path):
+  data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(
+      smoke_config(data_dir, epochs=1, lr_schedule="cosine"), workdir)
+  with pytest.raises(ValueError, match="same epochs"):
+    training.train_and_evaluate(
+        smoke_config(data_dir, epochs=3, lr_schedule="cosine"), workdir)
