@@ -4,9 +4,11 @@
       --config.data_dir=../shared/data/mnist --workdir=/tmp/mnist_lenet5
 
 5,000 training images held out for validation; the official 10,000 for test.
-About 6 minutes on 2 CPU cores. Expected: see BENCHMARKS.md, "MNIST" (the
-dense float32 model is 1,724 KB at about 99.1%). Baseline:
-`--config.method=dense`. `:smoke` shrinks it to seconds.
+About 6 minutes on 2 CPU cores. Expected (gamma 0.1, seed 0, measured
+2026-11-20): 98.98% test accuracy at 7.40 KB, 233x smaller than float32; the
+dense baseline (`--config.method=dense`) reaches 99.30% at 1,724 KB. gamma
+0.1 was picked on validation accuracy (98.78%, vs 98.86% for gamma 0.01 at
+2.3x the size). Curve: BENCHMARKS.md. `:smoke` shrinks it to seconds.
 """
 
 from selfcompress import config as base
@@ -19,5 +21,5 @@ def get_config(arg=None):
   c.epochs = 20
   c.batch_size = 128
   c.learning_rate = 1e-3
-  c.gamma = 0.01
+  c.gamma = 0.1
   return base.apply_arg(c, arg)
