@@ -17,7 +17,6 @@ import math
 import weakref
 
 import keras
-import numpy as np
 from keras import ops
 
 L = keras.layers
