@@ -17,8 +17,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from selfcompress import accounting, graph as graph_lib, packing, shedding
+from selfcompress import accounting, packing, shedding
 from selfcompress.layers import CompressedLayer
+from selfcompress.layers.base import keras_parent
 
 REPORT = "selfcompress_export.json"
 
@@ -124,24 +125,7 @@ def _pack_layer(layer):
 def _float_twin(layer):
   """The plain Keras layer computing the same thing in float32."""
   config = {k: v for k, v in layer.get_config().items() if k != "compressor"}
-  keras_cls = next(c for c in type(layer).__mro__[1:]
-                   if c.__module__.startswith("keras."))
-  new = keras_cls.from_config(config)
-  return new
-
-
-def _rebuild(model, replace):
-  functional = graph_lib.functional_of(model)
-  made = []
-
-  def clone(layer):
-    new = replace(layer)
-    made.append((layer, new))
-    return new
-
-  plain = keras.Model(functional.input, functional.output)  # not our class
-  cloned = keras.models.clone_model(plain, clone_function=clone)
-  return cloned, made
+  return keras_parent(type(layer)).from_config(config)
 
 
 def float_model(model):
@@ -150,13 +134,12 @@ def float_model(model):
   def twin(layer):
     return _float_twin(layer) if isinstance(layer, CompressedLayer) else _copy(layer)
 
-  twin_model, made = _rebuild(model, twin)
+  twin_model, made = shedding.rebuild(model, twin)
+  _copy_weights(made)
   for old, new in made:
     if isinstance(old, CompressedLayer):
       q, b = old.compressor.apply(old.kernel_variable, old.bias)
       new.set_weights([np.asarray(q)] + ([np.asarray(b)] if b is not None else []))
-    elif old.weights:
-      new.set_weights(old.get_weights())
   return twin_model
 
 
@@ -173,7 +156,7 @@ def serving_models(model):
       return new
     return _copy(layer)
 
-  compact_model, made = _rebuild(small, compact)
+  compact_model, made = shedding.rebuild(small, compact)
   _copy_weights(made)
   return compact_model, float_model(model), packs
 
@@ -189,8 +172,10 @@ def _copy(layer):
 
 
 def _copy_weights(made):
+  """Copies the weights of every layer that is not a compressed one (those
+  get packed or float twins with weights of their own)."""
   for old, new in made:
-    if not isinstance(new, _Packed) and old.weights:
+    if not isinstance(old, CompressedLayer) and old.weights:
       new.set_weights(old.get_weights())
 
 

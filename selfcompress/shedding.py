@@ -168,8 +168,6 @@ def shed(model):
       raise ValueError(f"Layer {step.layer.name!r} is called on tensors that "
                        "keep different channels; shed() cannot split it.")
     masks[step.layer] = m
-  pairs = []
-
   def clone(layer):
     config = layer.get_config()
     m = masks.get(layer)
@@ -181,12 +179,9 @@ def shed(model):
       target = list(config["target_shape"])
       target[-1] = int(m[1].sum())
       config["target_shape"] = tuple(target)
-    new = layer.__class__.from_config(config)
-    pairs.append((layer, new))
-    return new
+    return layer.__class__.from_config(config)
 
-  functional = graph_lib.functional_of(model)
-  cloned = keras.models.clone_model(functional, clone_function=clone)
+  cloned, pairs = rebuild(model, clone)
   for old, new in pairs:
     _transfer(old, new, masks.get(old), p.fold.get(old))
   graph = graph_lib.functional_of(cloned)
@@ -200,6 +195,22 @@ def shed(model):
     shed_model = keras.Model(graph.input, graph.output, name=model.name)
   _LINEAGE[shed_model] = lineage
   return shed_model
+
+
+def rebuild(model, replace):
+  """A plain Functional copy of `model`'s graph with every layer replaced by
+  `replace(layer)`; returns it and the `(old, new)` layer pairs. Cloned as
+  a plain Functional view, so no wrapper class is constructed twice."""
+  functional = graph_lib.functional_of(model)
+  pairs = []
+
+  def clone(layer):
+    new = replace(layer)
+    pairs.append((layer, new))
+    return new
+
+  plain = keras.Model(functional.input, functional.output)
+  return keras.models.clone_model(plain, clone_function=clone), pairs
 
 
 def slicers(old, new, masks):

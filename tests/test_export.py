@@ -11,6 +11,15 @@ import selfcompress as sc
 from test_shedding import _kill, _randomize, conv_bn_flatten, mlp, residual
 
 
+def _half_dead(build, rng):
+  """A compressed `build()` with random BatchNorm statistics (so dead
+  channels carry constants) and half of every layer's channels dead."""
+  model = sc.compress(build())
+  _randomize(model, rng)
+  _kill(model, rng)
+  return model
+
+
 def _serve(path, x):
   loaded = tf.saved_model.load(path)
   fn = loaded.signatures["serving_default"]
@@ -21,9 +30,7 @@ def _serve(path, x):
 @pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
 def test_saved_model_equals_quantized_forward(build, tmp_path):
   rng = np.random.default_rng(0)
-  model = sc.compress(build())
-  _randomize(model, rng)
-  _kill(model, rng)
+  model = _half_dead(build, rng)
   for layer in model.layers:  # varied bit depths on the alive channels
     if isinstance(layer, sc.layers.CompressedLayer):
       c = layer.compressor
@@ -44,10 +51,7 @@ def test_saved_model_equals_quantized_forward(build, tmp_path):
 def test_packed_codes_are_as_small_as_the_accounting_says(build, tmp_path):
   # Random BatchNorm: dead channels carry constants; the accounting counts
   # the ones a padded convolution must still read, as shed() keeps them.
-  rng = np.random.default_rng(1)
-  model = sc.compress(build())
-  _randomize(model, rng)
-  _kill(model, rng)
+  model = _half_dead(build, np.random.default_rng(1))
   report = sc.export(model, tmp_path / "export")
   weight_bits = sum(l.weight_bits for l in sc.size(model).layers)
   groups = 8 * len([l for l in model.layers
@@ -72,9 +76,7 @@ def test_export_rejects_plain_models_and_never_half_writes(tmp_path):
 def test_litert_export_matches_within_float_tolerance(build, tmp_path):
   interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
   rng = np.random.default_rng(2)
-  model = sc.compress(build())
-  _randomize(model, rng)
-  _kill(model, rng)
+  model = _half_dead(build, rng)
   x = rng.normal(size=(8,) + tuple(model.input_shape[1:])).astype("float32")
   expected = np.asarray(model(x, training=False))
   path = str(tmp_path / "model.tflite")

@@ -88,13 +88,17 @@ class CompressedLayer:
     return config
 
 
+def keras_parent(cls):
+  """The Keras layer class a self-compressing layer class extends."""
+  return next(c for c in cls.__mro__[1:]
+              if c.__module__.startswith("keras.")
+              and issubclass(c, keras.layers.Layer))
+
+
 def with_compression_signature(cls):
   """Gives `cls.__init__` the Keras parent's signature plus our arguments, so
   that `inspect.signature` and IDEs show the real parameters."""
-  keras_cls = next(c for c in cls.__mro__[1:]
-                   if c.__module__.startswith("keras.")
-                   and issubclass(c, keras.layers.Layer))
-  params = list(inspect.signature(keras_cls.__init__).parameters.values())
+  params = list(inspect.signature(keras_parent(cls).__init__).parameters.values())
   kwargs = [p for p in params if p.kind is p.VAR_KEYWORD]
   params = [p for p in params if p.kind is not p.VAR_KEYWORD]
   ours = inspect.signature(CompressedLayer.__init__).parameters
