@@ -2,8 +2,8 @@
 
 `export(model, path)` sheds the dead channels, packs each alive channel's
 codes at its learned bit depth (`selfcompress.packing`), and writes a
-SavedModel whose `serving_default` signature decodes them inside the graph
-(`codes * 2^e`) before each layer's op. Serving needs TensorFlow only.
+SavedModel that decodes them (`codes * 2^e`) once, when it is loaded, for
+its `serving_default` signature to use. Serving needs TensorFlow only.
 """
 
 import dataclasses
@@ -11,10 +11,12 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 import zlib
 
 import keras
 import numpy as np
+import tensorflow as tf  # the SavedModel format
 from keras import ops
 
 from selfcompress import accounting, packing, shedding
@@ -84,7 +86,10 @@ class _Packed:
     return ops.reshape(ops.transpose(kernel_t), self._kernel_shape)
 
   def call(self, inputs, training=None):
-    outputs = self._output_with(inputs, self.decoded_kernel())
+    decoded = getattr(self, "_decoded", None)
+    # In a SavedModel the codes are decoded once, at load (`_DecodedKernel`).
+    kernel = self.decoded_kernel() if decoded is None else decoded.read()
+    outputs = self._output_with(inputs, kernel)
     if self._bias is not None:
       outputs = ops.add(outputs, self._bias)
     if self.activation is not None:
@@ -234,13 +239,47 @@ def export(model, path, format="saved_model", overwrite=False):
   return report
 
 
+class _DecodedKernel(tf.saved_model.experimental.TrackableResource):
+  """A packed layer's float32 kernel, decoded once when the SavedModel loads.
+
+  A resource, not a variable, so its value is not saved: the SavedModel holds
+  only the packed codes, and the loader (`tf.saved_model.load`, or a
+  session's init op for `saved_model_cli run` and TF Serving) runs
+  `_initialize` after restoring them. The serving signature then reads the
+  kernel, so a batch-1 call costs what the dense model's does. The resource
+  name is unique per export, as a session needs one name to find it by.
+  """
+
+  def __init__(self, layer):
+    self._layer = layer
+    self._name = f"selfcompress_{uuid.uuid4().hex}_{layer.name}"
+    super().__init__()
+    self._initialize()
+
+  def _create_resource(self):
+    return tf.raw_ops.VarHandleOp(
+        dtype=tf.float32, shape=self._layer._kernel_shape,
+        shared_name=self._name)
+
+  def _initialize(self):
+    return tf.raw_ops.AssignVariableOp(
+        resource=self.resource_handle, value=self._layer.decoded_kernel())
+
+  def read(self):
+    value = tf.raw_ops.ReadVariableOp(resource=self.resource_handle,
+                                      dtype=tf.float32)
+    value.set_shape(self._layer._kernel_shape)
+    return value
+
+
 def _write_saved_model(model, path):
   """A SavedModel with one `serving_default` signature. A plain tf.Module
   holding each variable once: Keras' ExportArchive tracks two lists of the
   same variables and the checkpoint stores both."""
-  import tensorflow as tf  # the SavedModel format
   spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=n)
           for t, n in zip(model.inputs, _input_names(model))]
+  packed = [l for l in model._flatten_layers(include_self=False)
+            if isinstance(l, _Packed)]
 
   def serve(*inputs):
     outputs = model(list(inputs) if len(inputs) > 1 else inputs[0],
@@ -251,12 +290,18 @@ def _write_saved_model(model, path):
 
   module = tf.Module()
   module.weights = [v.value for v in model.variables]
-  # XLA fuses the decode (a few dozen small ops per layer) into the layer's
-  # kernel: without it, op dispatch alone dominates a batch-1 call.
+  module.decoded = [_DecodedKernel(l) for l in packed]
+  for layer, decoded in zip(packed, module.decoded):
+    layer._decoded = decoded
+  # XLA fuses each layer's op with the bias and activation around it.
   module.serve = tf.function(serve, input_signature=spec, jit_compile=True,
                              autograph=False)
-  tf.saved_model.save(module, path,
-                      signatures={"serving_default": module.serve})
+  try:
+    tf.saved_model.save(module, path,
+                        signatures={"serving_default": module.serve})
+  finally:
+    for layer in packed:
+      layer._decoded = None
 
 
 def _input_names(model):
@@ -274,7 +319,6 @@ def _folder_bytes(path):
 
 def _export_tflite(model, path):
   """Writes `path` (a .tflite file) atomically; returns its size in bytes."""
-  import tensorflow as tf  # the LiteRT converter ships with TensorFlow
   twin = float_model(shedding.shed(model))
   converter = tf.lite.TFLiteConverter.from_keras_model(twin)
   data = converter.convert()

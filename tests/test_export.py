@@ -47,6 +47,43 @@ def test_saved_model_equals_quantized_forward(build, tmp_path):
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
 
 
+def _serve_in_session(path, x):
+  """The TF1 loader of TF Serving and `saved_model_cli run`: restore, then
+  the init op, then the signature, in a graph session."""
+  with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+    sig = meta.signature_def["serving_default"]
+    return sess.run(sig.outputs["output"].name,
+                    {sig.inputs["inputs"].name: x})
+
+
+def test_kernels_are_decoded_once_at_load_and_not_saved(tmp_path):
+  rng = np.random.default_rng(2)
+  models = [_half_dead(mlp, rng), _half_dead(conv_bn_flatten, rng)]
+  paths = [str(tmp_path / f"export{i}") for i in range(2)]
+  for model, path in zip(models, paths):
+    sc.export(model, path)
+  for model, path in zip(models, paths):  # both loaded in one process
+    x = rng.normal(size=(8,) + tuple(model.input_shape[1:])).astype("float32")
+    expected = np.asarray(model(x, training=False))
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures["serving_default"]
+    for _ in range(2):
+      np.testing.assert_allclose(fn(inputs=tf.constant(x))["output"].numpy(),
+                                 expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_serve_in_session(path, x), expected,
+                               atol=1e-5, rtol=0)
+    # On disk: uint8 codes, int32 channel order and float32 per-channel
+    # vectors (scale, bias, BatchNorm); no float kernel, flat or not.
+    widest = max(l.compressor.num_channels for l in model.layers
+                 if isinstance(l, sc.layers.CompressedLayer))
+    reader = tf.train.load_checkpoint(
+        os.path.join(path, "variables", "variables"))
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+      if dtype == tf.float32:
+        assert reader.get_tensor(name).size <= widest, name
+
+
 @pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
 def test_packed_codes_are_as_small_as_the_accounting_says(build, tmp_path):
   # Random BatchNorm: dead channels carry constants; the accounting counts
