@@ -137,7 +137,9 @@ def float_model(model):
   """A plain Keras model computing `model`'s inference in float32: each
   compressed layer becomes its Keras parent holding the quantized kernel."""
   def twin(layer):
-    return _float_twin(layer) if isinstance(layer, CompressedLayer) else _copy(layer)
+    if isinstance(layer, CompressedLayer):
+      return _float_twin(layer)
+    return shedding.copy_layer(layer)
 
   twin_model, made = shedding.rebuild(model, twin)
   _copy_weights(made)
@@ -159,21 +161,11 @@ def serving_models(model):
       new, packed = _pack_layer(layer)
       packs.append(packed)
       return new
-    return _copy(layer)
+    return shedding.copy_layer(layer)
 
   compact_model, made = shedding.rebuild(small, compact)
   _copy_weights(made)
   return compact_model, float_model(model), packs
-
-
-def _copy(layer):
-  try:
-    return layer.__class__.from_config(layer.get_config())
-  except Exception as e:  # a custom layer without a working config
-    raise ValueError(
-        f"export() cannot rebuild layer {layer.name!r} "
-        f"({type(layer).__name__}) from its config: {e}. Register it with "
-        "@keras.saving.register_keras_serializable and give it get_config().")
 
 
 def _copy_weights(made):

@@ -179,7 +179,7 @@ def shed(model):
       target = list(config["target_shape"])
       target[-1] = int(m[1].sum())
       config["target_shape"] = tuple(target)
-    return layer.__class__.from_config(config)
+    return copy_layer(layer, config)
 
   cloned, pairs = rebuild(model, clone)
   for old, new in pairs:
@@ -195,6 +195,20 @@ def shed(model):
     shed_model = keras.Model(graph.input, graph.output, name=model.name)
   _LINEAGE[shed_model] = lineage
   return shed_model
+
+
+def copy_layer(layer, config=None):
+  """A new layer of `layer`'s class made from `config` (its own by default);
+  shedding and export rebuild every layer this way."""
+  try:
+    return layer.__class__.from_config(
+        layer.get_config() if config is None else config)
+  except Exception as e:  # a custom layer without a working config
+    raise ValueError(
+        f"Cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from "
+        f"its config: {e}. Give it a get_config() that returns its "
+        "constructor's arguments and register it with "
+        "@keras.saving.register_keras_serializable().") from e
 
 
 def rebuild(model, replace):

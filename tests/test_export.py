@@ -3,6 +3,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -107,6 +108,36 @@ def test_export_rejects_plain_models_and_never_half_writes(tmp_path):
   with pytest.raises(ValueError, match="format"):
     sc.export(model, tmp_path / "c", format="onnx")
   assert sorted(os.listdir(tmp_path)) == ["b"]
+
+
+class _Scale(keras.layers.Layer):
+  """A custom layer whose config does not rebuild it (no get_config)."""
+
+  def __init__(self, factor):
+    super().__init__()
+    self.factor = factor
+
+  def call(self, x):
+    return x * self.factor
+
+
+def test_export_names_an_unrebuildable_layer_and_cleans_up(tmp_path,
+                                                           monkeypatch):
+  inp = keras.Input((12,))
+  x = sc.layers.Dense(8, activation="relu")(inp)
+  model = keras.Model(inp, sc.layers.Dense(3)(_Scale(2.0)(x)))
+  with pytest.raises(ValueError, match="(?s)rebuild layer.*_Scale.*get_config"):
+    sc.export(model, tmp_path / "a")
+
+  def fail(model, path):  # a crash halfway through writing
+    os.makedirs(path)
+    open(os.path.join(path, "saved_model.pb"), "wb").close()
+    raise OSError("disk full")
+  from selfcompress import exporting
+  monkeypatch.setattr(exporting, "_write_saved_model", fail)
+  with pytest.raises(OSError, match="disk full"):
+    sc.export(sc.compress(mlp()), tmp_path / "b")
+  assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
