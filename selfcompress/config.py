@@ -31,6 +31,10 @@ def base():
   c.min_channels = 1
   c.shed_every_epochs = 0          # >0: physically remove dead channels then
   c.shed_min_reduction = 0.1       # ...if that removes >= 10% of parameters
+  # Distribution (README, "Scaling out").
+  c.strategy = "default"           # one_device | mirrored | multi_worker | tpu
+  c.tpu_address = ""               # tpu: name or grpc://host:port; "" = this VM
+  c.cpu_devices = 0                # >0: split the CPU into logical devices
   # Bookkeeping.
   c.checkpoint_every_epochs = 1
   c.verbose = 1                    # Keras progress bar (0: none)

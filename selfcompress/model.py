@@ -136,19 +136,22 @@ class SelfCompressingModel(keras.Model):
 
   def compile(self, *args, jit_compile="auto", **kwargs):
     """`keras.Model.compile`; `jit_compile="auto"` means XLA whenever every
-    layer supports it, on CPU too (Keras' own "auto" skips XLA on CPU). The
-    quantizer is a chain of elementwise ops that XLA fuses into one pass;
-    without it a small network's step is dominated by them (BENCHMARKS.md)."""
+    layer supports it, on CPU too (Keras' own "auto" skips XLA on CPU),
+    except for convolutional networks on a CPU. The quantizer is a chain of
+    elementwise ops that XLA fuses into one pass; without it a small dense
+    network's step is dominated by them. But XLA's CPU convolutions are about
+    twice as slow as TensorFlow's oneDNN ones (LeNet-5: BENCHMARKS.md), which
+    outweighs the fusion."""
     if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
-      from tensorflow.python.framework import config as tf_config
-      jit_compile = (all(l.supports_jit for l in self._flatten_layers())
-                     and not tf_config.is_op_determinism_enabled())
+      jit_compile = _xla_pays_off(self)
     super().compile(*args, jit_compile=jit_compile, **kwargs)
 
   def fit(self, *args, **kwargs):
     """`keras.Model.fit` with a `CompressionMonitor` attached: a NaN loss
     stops training with an explanation, layers held at `min_channels` are
-    reported, and each epoch's logs carry the exact size at its end."""
+    reported, and each epoch's logs carry the exact size at its end. Under
+    `MultiWorkerMirroredStrategy` it runs `selfcompress.distribute.fit_loop`
+    (same step, loss and callbacks), as Keras' own loop fails there."""
     from selfcompress.callbacks import CompressionMonitor  # avoid import cycle
     bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
     callbacks = list(bound.arguments.get("callbacks") or [])
@@ -158,6 +161,9 @@ class SelfCompressingModel(keras.Model):
     bound.arguments["callbacks"] = callbacks
     bound.arguments.pop("self")
     extra = bound.arguments.pop("kwargs", {})
+    from selfcompress import distribute  # avoid import cycle
+    if distribute.needs_loop(self):  # multi-worker: Keras' fit cannot
+      return distribute.fit_loop(self, **bound.arguments, **extra)
     return super().fit(**bound.arguments, **extra)
 
   # -- serialisation --------------------------------------------------------
@@ -185,3 +191,24 @@ class SelfCompressingModel(keras.Model):
 
 def num_replicas():
   return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+_CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+                 keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
+                 keras.layers.Conv2DTranspose)
+
+
+def _xla_pays_off(model):
+  """Whether `jit_compile="auto"` turns XLA on for `model` (TensorFlow)."""
+  import tensorflow as tf  # device and determinism queries
+  from tensorflow.python.framework import config as tf_config
+  layers = list(model._flatten_layers())
+  if not all(l.supports_jit for l in layers):
+    return False
+  if tf_config.is_op_determinism_enabled():  # XLA has no deterministic mode
+    return False
+  on_cpu = not tf.config.list_logical_devices("GPU")
+  if on_cpu and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+    return False  # an XLA step cannot read replicas on other CPU devices
+  return not (on_cpu and any(isinstance(l, _CONVOLUTIONS) for l in layers))
+

@@ -4,6 +4,7 @@ shrinks during the run, so later epochs are cheaper."""
 import keras
 from absl import logging
 
+from selfcompress import distribute
 from selfcompress import graph as graph_lib
 from selfcompress import shedding
 
@@ -46,9 +47,9 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
     if epoch > 0 and epoch % shed_every_epochs == 0:
       model = _shed(model, epoch, min_reduction)
     stop = min(epochs, (epoch // shed_every_epochs + 1) * shed_every_epochs)
-    segment = model.fit(train(epoch) if callable(train) else train,
-                        epochs=stop, initial_epoch=epoch,
-                        callbacks=callbacks, **fit_kwargs)
+    segment = distribute.fit(model, train(epoch) if callable(train) else train,
+                             epochs=stop, initial_epoch=epoch,
+                             callbacks=callbacks, **fit_kwargs)
     for key, values in segment.history.items():
       history.history.setdefault(key, []).extend(values)
     history.epoch.extend(segment.epoch)
@@ -59,10 +60,11 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
 
 def _shed(model, epoch, min_reduction):
   before = model.count_params()
-  smaller = shedding.shed(model)
-  if smaller.count_params() > before * (1.0 - min_reduction):
-    return model
-  shedding.carry_optimizer(model, smaller)
+  with model.distribute_strategy.scope():  # new variables are distributed too
+    smaller = shedding.shed(model)
+    if smaller.count_params() > before * (1.0 - min_reduction):
+      return model
+    shedding.carry_optimizer(model, smaller)
   logging.info("Shed after epoch %d: %d -> %d parameters.", epoch, before,
                smaller.count_params())
   print(f"shed after epoch {epoch}: {before:,} -> "

@@ -7,16 +7,19 @@ over training. Running the same command again after an interruption (even
 `kill -9`) resumes from the last checkpoint; a finished run is not redone.
 """
 
+import hashlib
 import json
 import math
 import os
 
 import keras
+import numpy as np
 from absl import logging
 
 import selfcompress as sc
 from selfcompress import callbacks as cb
-from selfcompress import checkpoint, data, models, plots, shed_training
+from selfcompress import (checkpoint, data, distribute, models, plots,
+                          shed_training)
 
 METHODS = ("selfcompress", "dense")
 
@@ -49,6 +52,10 @@ def validate(config):
     bad("shed_every_epochs", "must be >= 0 (0: never shed)")
   if not 0 <= config.shed_min_reduction < 1:
     bad("shed_min_reduction", "must be in [0, 1)")
+  if config.strategy not in distribute.STRATEGIES:
+    bad("strategy", f"must be one of {distribute.STRATEGIES}")
+  if not isinstance(config.cpu_devices, int) or config.cpu_devices < 0:
+    bad("cpu_devices", "must be an integer >= 0 (0: the CPU as one device)")
   if config.shed_every_epochs and config.method != "selfcompress":
     bad("shed_every_epochs", "needs method='selfcompress' (a dense model "
         "has no dead channels)")
@@ -108,7 +115,12 @@ def train_and_evaluate(config, workdir):
     if results.get("epochs") == config.epochs:
       logging.info("%s already finished; not training again.", workdir)
       return results
-  restored = checkpoint.restore(ckpt_dir)
+  strategy = distribute.make(config)
+  distribute.log_strategy(strategy)
+  # Under multi_worker every worker trains, and the chief writes the files.
+  chief = distribute.is_chief(strategy)
+  with strategy.scope():
+    restored = checkpoint.restore(ckpt_dir)
   start_epoch, history = (restored[1], restored[2]) if restored else (0, [])
   ds = data.load(
       config.dataset, config.data_dir, batch_size=config.batch_size,
@@ -121,16 +133,19 @@ def train_and_evaluate(config, workdir):
     logging.info("Resuming %s from epoch %d of %d.", workdir, start_epoch,
                  config.epochs)
   else:
-    model = build_model(config, ds.input_shape, ds.num_classes,
-                        math.ceil(ds.num_train / config.batch_size))
+    with strategy.scope():
+      model = build_model(config, ds.input_shape, ds.num_classes,
+                          math.ceil(ds.num_train / config.batch_size))
   if start_epoch < config.epochs:
-    callbacks = [
-        cb.EpochLog(history, workdir, config.epochs),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-        checkpoint.Checkpoint(ckpt_dir, history, config.epochs,
-                              config.checkpoint_every_epochs),
-    ]
-    if config.method == "selfcompress":
+    callbacks = [cb.EpochLog(history, workdir if chief else None,
+                             config.epochs)]
+    if chief:
+      callbacks += [
+          keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+          checkpoint.Checkpoint(ckpt_dir, history, config.epochs,
+                                config.checkpoint_every_epochs),
+      ]
+    if chief and config.method == "selfcompress":
       callbacks.append(cb.LayerHistograms(
           os.path.join(workdir, "tensorboard", "layers")))
     fit_kwargs = dict(
@@ -143,18 +158,12 @@ def train_and_evaluate(config, workdir):
           min_reduction=config.shed_min_reduction, initial_epoch=start_epoch,
           callbacks=callbacks, **fit_kwargs)
     else:
-      model.fit(ds.train, epochs=config.epochs, initial_epoch=start_epoch,
-                callbacks=callbacks, **fit_kwargs)
+      distribute.fit(model, ds.train, epochs=config.epochs,
+                     initial_epoch=start_epoch, callbacks=callbacks,
+                     **fit_kwargs)
 
-  test = model.evaluate(ds.test, return_dict=True, verbose=0)
+  test = distribute.evaluate(model, ds.test)
   report = sc.size(model)
-  checkpoint.write_json(os.path.join(workdir, "size.json"), report.as_dict())
-  lines = []
-  sc.summary(report, print_fn=lines.append)
-  checkpoint.write_text(os.path.join(workdir, "size.txt"), "\n".join(lines) + "\n")
-  checkpoint.atomic_write(os.path.join(workdir, "model.keras"), model.save)
-  plots.training_curve(history, os.path.join(workdir, "training.png"),
-                       title=f"{config.model} on {config.dataset}")
   results = {
       "test_accuracy": test["accuracy"], "test_loss": test["loss"],
       "size_kb": report.kb, "float_kb": report.float_kb,
@@ -166,9 +175,28 @@ def train_and_evaluate(config, workdir):
       "gamma": config.gamma, "target_kb": config.target_kb,
       "train_seconds": sum(r["seconds"] for r in history),
       "val_accuracy": history[-1].get("val_accuracy") if history else None,
+      # Equal on every worker of a run, and between reruns of a seed.
+      "weights_sha256": _digest(model),
   }
+  if not chief:
+    return results
+  checkpoint.write_json(os.path.join(workdir, "size.json"), report.as_dict())
+  lines = []
+  sc.summary(report, print_fn=lines.append)
+  checkpoint.write_text(os.path.join(workdir, "size.txt"), "\n".join(lines) + "\n")
+  checkpoint.atomic_write(os.path.join(workdir, "model.keras"), model.save)
+  plots.training_curve(history, os.path.join(workdir, "training.png"),
+                       title=f"{config.model} on {config.dataset}")
   checkpoint.write_json(results_path, results)
   print(lines[-1] if lines else "")
   print(f"Test accuracy {100 * results['test_accuracy']:.2f}% at "
         f"{results['size_kb']:.3f} KB; results in {workdir}")
   return results
+
+
+def _digest(model):
+  h = hashlib.sha256()
+  for w in model.weights:
+    h.update(np.asarray(w).tobytes())
+  return h.hexdigest()
+

@@ -6,6 +6,11 @@ prints per epoch the physical channels left and the median step time, then
 the ratio of the last epoch's step time to the first's and the two runs'
 wall times.
 
+Epoch-by-epoch step times drift with whatever else the machine runs, so the
+headline ratio is measured again at the end, side by side: the model as it
+started (same seed) and the model as it ended take turns on the same
+batches, `--repeats` times, and the medians are compared.
+
   python tools/bench_shed.py --data_dir=../shared/data/mnist \
       --models=lenet300,lenet5 --epochs=10 --gamma=1.0
 """
@@ -30,6 +35,8 @@ flags.DEFINE_integer("epochs", 10, "Epochs per run.")
 flags.DEFINE_float("gamma", 1.0, "Size penalty (strong, so most channels die).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Seed of both runs.")
+flags.DEFINE_integer("repeats", 15, "Interleaved repeats of the final timing.")
+flags.DEFINE_integer("steps", 20, "Training steps per timed repeat.")
 
 
 class StepTimes(keras.callbacks.Callback):
@@ -79,13 +86,35 @@ def run(name, shed):
       steps_per_epoch=steps, verbose=0)
   wall = time.perf_counter() - start
   acc = model.evaluate(ds.test, verbose=0, return_dict=True)["accuracy"]
-  return timer.rows, wall, acc
+  first = training.build_model(c, ds.input_shape, ds.num_classes, steps)
+  return timer.rows, wall, acc, side_by_side(first, model, ds.train_from(0))
+
+
+def side_by_side(first, last, train):
+  """Median ms per training step of each model, timed in turns on the
+  same batches (each model's compiled train step, as fit runs it)."""
+  times = {"first": [], "last": []}
+  models = {"first": first, "last": last}
+  iterators = {}
+  for key, model in models.items():
+    model.make_train_function()
+    iterators[key] = iter(train.repeat())
+    for _ in range(3):  # trace and warm up
+      model.train_function(iterators[key])
+  for _ in range(FLAGS.repeats):
+    for key, model in models.items():
+      start = time.perf_counter()
+      for _ in range(FLAGS.steps):
+        logs = model.train_function(iterators[key])
+      float(logs["loss"])
+      times[key].append((time.perf_counter() - start) / FLAGS.steps)
+  return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def main(_):
   for name in FLAGS.models:
     results = {shed: run(name, shed) for shed in (True, False)}
-    rows, wall, acc = results[True]
+    rows, wall, acc, timed = results[True]
     total = rows[0]["channels"]
     print(f"\n{name}, gamma {FLAGS.gamma}, batch {FLAGS.batch_size}, "
           f"seed {FLAGS.seed}: with shedding every epoch")
@@ -93,11 +122,15 @@ def main(_):
     for r in rows:
       print(f" {r['epoch']:5d} | {r['channels']:5d} ({100 * r['channels'] / total:5.1f}%) "
             f"| {r['step_ms']:14.3f} | {r['size_kb']:8.2f}")
-    base_rows, base_wall, base_acc = results[False]
-    print(f" last/first epoch step time, shedding:    "
-          f"{rows[-1]['step_ms'] / rows[0]['step_ms']:.3f}")
-    print(f" last/first epoch step time, no shedding: "
+    base_rows, base_wall, base_acc, base_timed = results[False]
+    print(f" last/first epoch step time (from the table), shedding: "
+          f"{rows[-1]['step_ms'] / rows[0]['step_ms']:.3f}; without: "
           f"{base_rows[-1]['step_ms'] / base_rows[0]['step_ms']:.3f}")
+    for label, t in (("shedding", timed), ("no shedding", base_timed)):
+      print(f" side by side, {label}: last model {t['last']:.2f} ms/step, "
+            f"first {t['first']:.2f} ms/step, ratio "
+            f"{t['last'] / t['first']:.3f} ({FLAGS.repeats} interleaved "
+            f"repeats of {FLAGS.steps} steps)")
     print(f" wall time: shedding {wall:.1f}s, without {base_wall:.1f}s, "
           f"ratio {wall / base_wall:.3f}")
     print(f" test accuracy: shedding {100 * acc:.2f}%, without {100 * base_acc:.2f}%")
