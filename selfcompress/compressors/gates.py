@@ -1,6 +1,6 @@
 """Learnable per-channel L0 gates (hard concrete, Louizos et al., 2018).
 
-Each output channel is multiplied by a gate `z` in [0, 1]. In training `z`
+Each output channel's weights are multiplied by a gate `z` in [0, 1]. In training `z`
 is a hard-concrete sample
 
   `z = clip(sigmoid((log u - log(1 - u) + log_alpha) / beta)
@@ -117,6 +117,10 @@ class _Gates:
       z = test_gate(la)
     return ops.where(ops.cast(held, "bool"), 1.0, z)
 
+  def _open(self, held):
+    """1 where the test-time gate is open (the channel is not gated off)."""
+    return ops.cast(ops.greater(self._gates(False, held), 0.0), "float32")
+
   def _prob_nonzero(self, held):
     return ops.where(ops.cast(held, "bool"), 1.0, prob_nonzero(self.log_alpha()))
 
@@ -128,8 +132,10 @@ class _Gates:
 class HardConcreteGate(_Gates, base.ChannelCompressor):
   """An L0 gate on each output channel of float32 weights.
 
-  `kernel_o, bias_o <- z_o * kernel_o, z_o * bias_o` (see the module
-  docstring for `z`). One gate sample per channel per training step. Stored,
+  `kernel_o <- z_o * kernel_o` (see the module docstring for `z`); the bias
+  is kept while the channel is alive and zeroed with it, as a dead channel's
+  must be (and as in Louizos et al.'s layers, the gate scales the weights
+  only). One gate sample per channel per training step. Stored,
   an alive channel's weights are float32 with the test-time gate folded in;
   the penalty is `32 * P(z_o != 0)` bits per weight.
 
@@ -174,13 +180,16 @@ class HardConcreteGate(_Gates, base.ChannelCompressor):
     return self._held_now()
 
   def apply(self, kernel, bias, training=False):
-    z = self._gates(training, self._held_now())
+    held = self._held_now()
+    z = self._gates(training, held)
     kernel = ops.multiply(kernel, self.broadcast(z))
-    return kernel, (None if bias is None else ops.multiply(bias, z))
+    if bias is None:
+      return kernel, None
+    return kernel, ops.multiply(bias, self._open(held))
 
   def state(self):
     held = self._held_now()
-    alive = ops.cast(ops.greater(self._gates(False, held), 0.0), "float32")
+    alive = self._open(held)
     return base.ChannelState(
         alive=alive, storage_bits=FLOAT_BITS * alive,
         penalty_bits=FLOAT_BITS * self._prob_nonzero(held))
@@ -192,8 +201,8 @@ class HardConcreteGate(_Gates, base.ChannelCompressor):
 class GatedBitDepth(_Gates, BitDepth):
   """`BitDepth` quantization with an L0 gate on each output channel.
 
-  `kernel_o <- z_o * q(kernel_o, b_o, e_o)`, `bias_o <- z_o * bias_o`. A
-  channel is dead when its gate is closed or its bit depth is <= 0; stored,
+  `kernel_o <- z_o * q(kernel_o, b_o, e_o)`; the bias is kept while the
+  channel is alive and zeroed with it. A channel is dead when its gate is closed or its bit depth is <= 0; stored,
   an alive channel takes `ceil(b_o)` bits per weight (the test-time gate is
   folded into its scale), and the penalty is `P(z_o != 0) * max(b_o, 0)`.
 
@@ -250,13 +259,14 @@ class GatedBitDepth(_Gates, BitDepth):
     z = self._gates(training, held)
     kernel, bias = super().apply(kernel, bias, training)
     kernel = ops.multiply(kernel, self.broadcast(z))
-    return kernel, (None if bias is None else ops.multiply(bias, z))
+    if bias is None:
+      return kernel, None
+    return kernel, ops.multiply(bias, self._open(held))
 
   def state(self):
     held = self._held_now()
     bits = ops.relu(self.bits())
-    gate_open = ops.cast(ops.greater(self._gates(False, held), 0.0), "float32")
-    alive = gate_open * ops.cast(ops.greater(bits, 0.0), "float32")
+    alive = self._open(held) * ops.cast(ops.greater(bits, 0.0), "float32")
     return base.ChannelState(
         alive=alive, storage_bits=ops.ceil(bits) * alive,
         penalty_bits=self._prob_nonzero(held) * bits)
