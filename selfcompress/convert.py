@@ -89,6 +89,7 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
     return new
 
   cloned = keras.models.clone_model(model, clone_function=clone)
+  _warn_gates_before_batchnorm(pairs)
   for old, new in pairs:
     _copy_weights(old, new)
   if skipped:
@@ -100,6 +101,27 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
   return SelfCompressingModel(
       inputs=graph.input, outputs=graph.output, name=model.name,
       gamma=gamma, target_kb=target_kb, target_rate=target_rate)
+
+
+def _warn_gates_before_batchnorm(pairs):
+  """BatchNorm right after a gated layer normalises the gate's scaling away
+  in training (batch statistics), so the loss cannot tell an open gate from
+  a half-closed one and the penalty closes them all."""
+  from selfcompress.compressors.gates import HardConcreteGate, GatedBitDepth
+  gated = []
+  for old, new in pairs:
+    if isinstance(getattr(new, "compressor", None),
+                  (HardConcreteGate, GatedBitDepth)):
+      consumers = [n.operation for n in getattr(old, "_outbound_nodes", [])]
+      if any(isinstance(c, keras.layers.BatchNormalization) for c in consumers):
+        gated.append(old.name)
+  if gated:
+    warnings.warn(
+        f"Layers {gated} are gated and feed a BatchNormalization, which "
+        "undoes the gate's scaling in training: the data loss cannot keep "
+        "their gates open, so the penalty closes them. Use compressor='bits' "
+        "for these layers (per_layer=), or put the BatchNorm elsewhere.",
+        stacklevel=3)
 
 
 def _chooser(per_layer, default):

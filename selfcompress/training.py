@@ -91,6 +91,9 @@ def _check_resumable(config, workdir):
 
 def build_model(config, input_shape, num_classes, steps_per_epoch):
   """The config's model, compressed unless `method == "dense"`, compiled."""
+  # Fresh layer-name counters: the layers are named as in a new process
+  # (conv2d, dense, dense_1, ...), which compressor_per_layer refers to.
+  keras.backend.clear_session()
   keras.utils.set_random_seed(config.seed)
   model = models.get(config.model, input_shape, num_classes,
                      **dict(config.model_kwargs))

@@ -194,6 +194,15 @@ def test_compress_picks_the_compressor_per_layer():
     sc.compress(_mlp(), per_layer=["a"])
 
 
+def test_gates_feeding_batchnorm_are_warned_about():
+  model = keras.Sequential([
+      keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, name="conv"),
+      keras.layers.BatchNormalization(), keras.layers.Flatten(),
+      keras.layers.Dense(2)])
+  with pytest.warns(UserWarning, match="conv.*BatchNormalization"):
+    sc.compress(model, compressor="gates")
+
+
 @pytest.mark.parametrize("name", ["gates", "gates+bits"])
 def test_training_with_gates_closes_channels_and_stays_accurate(name):
   rng = np.random.default_rng(0)
