@@ -55,8 +55,8 @@ DEAD_LOG_ALPHA = math.log(-GAMMA / ZETA)
 class _Gates:
   """The gate variables and their sampling, shared by both compressors.
 
-  The host class provides `num_channels`, `min_channels`, `flat`,
-  `broadcast` and a per-channel "otherwise alive" vector to `_gates()`.
+  The host class provides `num_channels`, `min_channels`, `broadcast` and
+  `_held_now()` (which passes `_held()` the channels alive but for the gate).
   """
 
   def _init_gates(self, log_alpha_init, gate_lr_multiplier, seed):
@@ -116,6 +116,14 @@ class _Gates:
     else:
       z = test_gate(la)
     return ops.where(ops.cast(held, "bool"), 1.0, z)
+
+  def _gate(self, kernel, bias, training):
+    """The kernel times the gates; the bias zeroed on gated-off channels."""
+    held = self._held_now()
+    kernel = ops.multiply(kernel, self.broadcast(self._gates(training, held)))
+    if bias is None:
+      return kernel, None
+    return kernel, ops.multiply(bias, self._open(held))
 
   def _open(self, held):
     """1 where the test-time gate is open (the channel is not gated off)."""
@@ -180,12 +188,7 @@ class HardConcreteGate(_Gates, base.ChannelCompressor):
     return self._held_now()
 
   def apply(self, kernel, bias, training=False):
-    held = self._held_now()
-    z = self._gates(training, held)
-    kernel = ops.multiply(kernel, self.broadcast(z))
-    if bias is None:
-      return kernel, None
-    return kernel, ops.multiply(bias, self._open(held))
+    return self._gate(kernel, bias, training)
 
   def state(self):
     held = self._held_now()
@@ -255,13 +258,8 @@ class GatedBitDepth(_Gates, BitDepth):
     return super().scale() * self._gates(False, self._held_now())
 
   def apply(self, kernel, bias, training=False):
-    held = self._held_now()
-    z = self._gates(training, held)
     kernel, bias = super().apply(kernel, bias, training)
-    kernel = ops.multiply(kernel, self.broadcast(z))
-    if bias is None:
-      return kernel, None
-    return kernel, ops.multiply(bias, self._open(held))
+    return self._gate(kernel, bias, training)
 
   def state(self):
     held = self._held_now()
