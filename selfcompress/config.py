@@ -26,8 +26,15 @@ def base():
   c.gamma = 0.05                   # weight of the size term (bits/weight)
   c.target_kb = config_dict.placeholder(float)  # budget; adapts gamma
   c.target_rate = 0.002
+  # Compression method (README "Choosing gates or bits"): "bits" (learned
+  # bit depths), "gates" (L0 gates, float32 weights) or "gates+bits".
+  c.compressor = "bits"
+  # Per layer, by name: one of those or "none" (left uncompressed).
+  c.compressor_per_layer = ml_collections.ConfigDict()
   c.bits_init = 8.0
   c.lr_multiplier = 100.0          # bit depth/exponent LR vs the weights'
+  c.log_alpha_init = 3.0           # gates start open (test-time gate 1)
+  c.gate_lr_multiplier = 10.0      # log_alpha LR vs the weights'
   c.min_channels = 1
   c.shed_every_epochs = 0          # >0: physically remove dead channels then
   c.shed_min_reduction = 0.1       # ...if that removes >= 10% of parameters

@@ -34,9 +34,12 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
   Args:
     model: a built Sequential or Functional Keras model (nested ones too).
     compressor: the compression method for every replaced layer: a name
-      (`"bits"`), a serialized dict or a `ChannelCompressor` instance.
-    per_layer: optional dict of layer name -> compressor identifier, or
-      `None` to leave that layer uncompressed.
+      (`"bits"`: learned bit depths; `"gates"`: L0 gates on float32
+      channels; `"gates+bits"`: both), a serialized dict or a
+      `ChannelCompressor` instance.
+    per_layer: overrides `compressor` layer by layer: a dict of layer name
+      -> compressor identifier, or a function of the Keras layer returning
+      one; `None` (as a value or returned) leaves the layer uncompressed.
     gamma, target_kb, target_rate: see `SelfCompressingModel`.
     min_channels: channels every compressed layer keeps alive whatever the
       penalty says (0 lets a layer die; a warning is given if one does).
@@ -48,18 +51,19 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
   Returns:
     A `SelfCompressingModel`.
   """
-  per_layer = dict(per_layer or {})
+  choose = _chooser(per_layer, compressor)
   for layer in _all_layers(model):
     if isinstance(layer, sc_layers.CompressedLayer):
       raise ValueError(
           f"Model {model.name!r} is already self-compressing (layer "
           f"{layer.name!r}). Train it directly; compress() takes a plain model.")
   protected = {l.name for l in ChannelGraph.of(model).task_output_layers()}
-  known = {l.name for l in _all_layers(model)}
-  unknown = sorted(set(per_layer) - known)
-  if unknown:
-    raise ValueError(f"per_layer names layers that are not in the model: "
-                     f"{unknown}. Layers: {sorted(known)}")
+  if isinstance(per_layer, dict):
+    known = {l.name for l in _all_layers(model)}
+    unknown = sorted(set(per_layer) - known)
+    if unknown:
+      raise ValueError(f"per_layer names layers that are not in the model: "
+                       f"{unknown}. Layers: {sorted(known)}")
 
   pairs, skipped = [], []
 
@@ -69,7 +73,7 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
       pairs.append((layer, new))
       return new
     replacement = REPLACEMENTS.get(type(layer))
-    identifier = per_layer.get(layer.name, compressor)
+    identifier = choose(layer)
     if replacement is None or identifier is None or not _supported(layer):
       if layer.weights and not isinstance(layer, _NO_COMPRESSION_NEEDED):
         skipped.append(f"{layer.name} ({type(layer).__name__})")
@@ -85,6 +89,7 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
     return new
 
   cloned = keras.models.clone_model(model, clone_function=clone)
+  _warn_gates_before_batchnorm(pairs)
   for old, new in pairs:
     _copy_weights(old, new)
   if skipped:
@@ -96,6 +101,40 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
   return SelfCompressingModel(
       inputs=graph.input, outputs=graph.output, name=model.name,
       gamma=gamma, target_kb=target_kb, target_rate=target_rate)
+
+
+def _warn_gates_before_batchnorm(pairs):
+  """BatchNorm right after a gated layer normalises the gate's scaling away
+  in training (batch statistics), so the loss cannot tell an open gate from
+  a half-closed one and the penalty closes them all."""
+  from selfcompress.compressors.gates import HardConcreteGate, GatedBitDepth
+  gated = []
+  for old, new in pairs:
+    if isinstance(getattr(new, "compressor", None),
+                  (HardConcreteGate, GatedBitDepth)):
+      consumers = [n.operation for n in getattr(old, "_outbound_nodes", [])]
+      if any(isinstance(c, keras.layers.BatchNormalization) for c in consumers):
+        gated.append(old.name)
+  if gated:
+    warnings.warn(
+        f"Layers {gated} are gated and feed a BatchNormalization, which "
+        "undoes the gate's scaling in training: the data loss cannot keep "
+        "their gates open, so the penalty closes them. Use compressor='bits' "
+        "for these layers (per_layer=), or put the BatchNorm elsewhere.",
+        stacklevel=3)
+
+
+def _chooser(per_layer, default):
+  """layer -> compressor identifier (or None), from `compress()`'s args."""
+  if per_layer is None:
+    return lambda layer: default
+  if isinstance(per_layer, dict):
+    return lambda layer: per_layer.get(layer.name, default)
+  if callable(per_layer):
+    return per_layer
+  raise TypeError(
+      "per_layer must be a dict of layer name -> compressor, or a function "
+      f"of the layer returning one. Received: {per_layer!r}")
 
 
 # Layers whose few parameters are folded or negligible; not worth a warning.

@@ -103,17 +103,21 @@ def _packed_class(layer):
 
 
 def _pack_layer(layer):
-  """A serving twin of a compressed layer, holding packed codes."""
+  """A serving twin of a compressed layer, holding packed codes (or, for a
+  compressor without codes, its alive channels in float32)."""
   c = layer.compressor
+  if not c.stores_codes:
+    return _float_layer(layer)
   q = np.asarray(c.apply(layer.kernel_variable, None)[0])
   state = c.state()
   bits = np.asarray(state.storage_bits).astype(int)
-  scale = np.asarray(ops.power(2.0, c.exponent()))
+  alive = np.asarray(state.alive) > 0
+  # The scale includes any gate folded into it (0 where a gate is closed).
+  scale = np.asarray(c.scale())
   kernel_shape = q.shape
   flat_shape = kernel_shape if not isinstance(layer, keras.layers.DepthwiseConv2D) \
       else kernel_shape[:2] + (kernel_shape[2] * kernel_shape[3],)
-  codes = np.rint(q.reshape(flat_shape) / scale).astype(np.int64)
-  alive = np.asarray(state.alive) > 0
+  codes = np.rint(q.reshape(flat_shape) / np.where(alive, scale, 1.0)).astype(np.int64)
   codes[..., ~alive] = 0
   bits[~alive] = 0
   packed = packing.pack(codes, bits)
@@ -125,6 +129,72 @@ def _pack_layer(layer):
   new._kernel_shape = kernel_shape
   new.set_packed(packed, scale, bias)
   return new, packed
+
+
+class _Float:
+  """Mixin: a compressed layer serving its alive channels' effective kernel
+  (gates folded in) as float32; dead channels are zero columns, not stored."""
+
+  def set_float(self, kernel, alive, bias):
+    self._kernel_shape = kernel.shape
+    columns = np.ascontiguousarray(kernel.reshape(-1, alive.size)[:, alive])
+    order = np.full(alive.size, columns.shape[1], "int32")
+    order[alive] = np.arange(columns.shape[1])
+    self._columns = _constant(self, "kernel_alive", columns, "float32")
+    self._order = _constant(self, "channel_order", order, "int32")
+    self._bias = None if bias is None else _constant(self, "bias_float", bias,
+                                                     "float32")
+    return _FloatWeights(alive, columns)
+
+  def build(self, input_shape):
+    self.built = True  # weights come from set_float()
+
+  def call(self, inputs, training=None):
+    columns = ops.convert_to_tensor(self._columns)
+    table = ops.concatenate(
+        [columns, ops.zeros((columns.shape[0], 1), "float32")], axis=1)
+    kernel = ops.reshape(ops.take(table, self._order, axis=1), self._kernel_shape)
+    outputs = self._output_with(inputs, kernel)
+    if self._bias is not None:
+      outputs = ops.add(outputs, self._bias)
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class _FloatWeights:
+  """A float32-stored kernel's alive columns, reported like `packing.Packed`."""
+  alive: np.ndarray
+  columns: np.ndarray
+
+  @property
+  def nbytes(self):
+    return self.columns.nbytes
+
+  @property
+  def groups(self):
+    return {32: (np.flatnonzero(self.alive), self.columns.view(np.uint8))}
+
+
+def _constant(layer, name, value, dtype):
+  var = layer.add_weight(name=name, shape=value.shape, dtype=dtype,
+                         trainable=False,
+                         initializer=keras.initializers.Constant(0))
+  var.assign(value)
+  return var
+
+
+def _float_layer(layer):
+  """The serving twin of a layer whose compressor stores no codes."""
+  kernel, bias = layer.compressor.apply(layer.kernel_variable, layer.bias)
+  alive = np.asarray(layer.compressor.state().alive) > 0
+  cls = type(layer)
+  new = type("Float" + cls.__name__, (_Float, cls), {}).from_config(
+      layer.get_config())
+  weights = new.set_float(np.asarray(kernel), alive,
+                          None if bias is None else np.asarray(bias))
+  return new, weights
 
 
 def _float_twin(layer):

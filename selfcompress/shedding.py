@@ -232,6 +232,11 @@ def slicers(old, new, masks):
   that cuts an array shaped like it down to the new shape). Used for the
   weights themselves and for the optimizer's per-weight slots."""
   old_vars = {v.name: v for v in old.weights}
+  # One value per output channel: the bias and every per-channel variable of
+  # the compressor (bit depth, exponent, gate, ...), whatever the method.
+  per_channel = {"bias"}
+  if isinstance(old, CompressedLayer):
+    per_channel |= {v.name for v in old.compressor.channel_variables()}
   m_in, m_out = masks if masks is not None else (None, None)
   in_idx = np.flatnonzero(m_in) if m_in is not None else None
   out_idx = np.flatnonzero(m_out) if m_out is not None else None
@@ -245,7 +250,7 @@ def slicers(old, new, masks):
           cut = lambda a: a[..., in_idx, :]
         else:
           cut = lambda a: a[..., in_idx, :][..., out_idx]
-      elif isinstance(old, graph_lib.WEIGHTED):  # bias, compression state
+      elif isinstance(old, graph_lib.WEIGHTED) and var.name in per_channel:
         cut = lambda a: a[out_idx]
       elif tuple(source.shape[-1:]) == tuple(m_out.shape):
         cut = lambda a: a[..., out_idx]  # BatchNorm, PReLU: per channel

@@ -22,6 +22,13 @@ from selfcompress import (checkpoint, data, distribute, models, plots,
                           shed_training)
 
 METHODS = ("selfcompress", "dense")
+# config.compressor -> the ChannelCompressor class; "none" (per layer only)
+# leaves a layer uncompressed.
+COMPRESSORS = {
+    "bits": sc.compressors.BitDepth,
+    "gates": sc.compressors.HardConcreteGate,
+    "gates+bits": sc.compressors.GatedBitDepth,
+}
 
 
 def validate(config):
@@ -37,9 +44,19 @@ def validate(config):
   for field in ("epochs", "batch_size"):
     if not isinstance(config[field], int) or config[field] < 1:
       bad(field, "must be a positive integer")
-  for field in ("learning_rate", "lr_multiplier", "bits_init"):
+  for field in ("learning_rate", "lr_multiplier", "bits_init",
+                "gate_lr_multiplier"):
     if not config[field] > 0:
       bad(field, "must be > 0")
+  if not math.isfinite(config.log_alpha_init):
+    bad("log_alpha_init", "must be a finite number (3.0: gates start open)")
+  if config.compressor not in COMPRESSORS:
+    bad("compressor", f"must be one of {sorted(COMPRESSORS)}")
+  for name, method in config.compressor_per_layer.items():
+    if method not in COMPRESSORS and method != "none":
+      raise ValueError(
+          f"Bad config value: compressor_per_layer.{name}={method!r}: must "
+          f"be one of {sorted(COMPRESSORS) + ['none']}.")
   if not config.gamma >= 0:
     bad("gamma", "must be >= 0 (0 trains without a size penalty)")
   if config.target_kb is not None and not config.target_kb > 0:
@@ -81,14 +98,26 @@ def _check_resumable(config, workdir):
 
 def build_model(config, input_shape, num_classes, steps_per_epoch):
   """The config's model, compressed unless `method == "dense"`, compiled."""
+  # Fresh layer-name counters: the layers are named as in a new process
+  # (conv2d, dense, dense_1, ...), which compressor_per_layer refers to.
+  keras.backend.clear_session()
   keras.utils.set_random_seed(config.seed)
   model = models.get(config.model, input_shape, num_classes,
                      **dict(config.model_kwargs))
   if config.method == "selfcompress":
+    per_layer = dict(config.compressor_per_layer)
+    unknown = sorted(set(per_layer) - {l.name for l in model.layers})
+    if unknown:
+      raise ValueError(
+          f"Bad config value: compressor_per_layer names {unknown}, which "
+          f"are not layers of {config.model!r}: "
+          f"{[l.name for l in model.layers if l.weights]}.")
+    per_layer = {name: None if method == "none" else compressor(config, method)
+                 for name, method in per_layer.items()}
     model = sc.compress(
-        model, gamma=config.gamma, target_kb=config.target_kb,
-        target_rate=config.target_rate, min_channels=config.min_channels,
-        bits_init=config.bits_init, lr_multiplier=config.lr_multiplier)
+        model, compressor=compressor(config, config.compressor),
+        per_layer=per_layer, gamma=config.gamma, target_kb=config.target_kb,
+        target_rate=config.target_rate, min_channels=config.min_channels)
   lr = config.learning_rate
   if config.lr_schedule == "cosine":
     lr = keras.optimizers.schedules.CosineDecay(lr, steps_per_epoch * config.epochs)
@@ -97,6 +126,17 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=["accuracy"])
   return model
+
+
+def compressor(config, method):
+  """The `ChannelCompressor` named `method`, with the config's settings."""
+  bits = dict(bits_init=config.bits_init, lr_multiplier=config.lr_multiplier)
+  # The gate noise is seeded from Keras' global seed (set from config.seed),
+  # a different stream per layer.
+  gates = dict(log_alpha_init=config.log_alpha_init,
+               gate_lr_multiplier=config.gate_lr_multiplier)
+  kwargs = {"bits": bits, "gates": gates, "gates+bits": {**bits, **gates}}
+  return COMPRESSORS[method](**kwargs[method])
 
 
 def train_and_evaluate(config, workdir):
@@ -171,7 +211,10 @@ def train_and_evaluate(config, workdir):
       "bits_per_weight": report.bits_per_weight,
       "weights_alive": report.weights_alive,
       "weights_total": report.weights_total,
+      "channels_alive": {l.name: f"{l.channels_alive}/{l.channels_total}"
+                         for l in report.layers if l.weights_total},
       "epochs": config.epochs, "seed": config.seed, "method": config.method,
+      "compressor": config.compressor,
       "gamma": config.gamma, "target_kb": config.target_kb,
       "train_seconds": sum(r["seconds"] for r in history),
       "val_accuracy": history[-1].get("val_accuracy") if history else None,

@@ -18,6 +18,26 @@ def check_signature(ours, keras_cls):
     assert mine[name].kind is inspect.Parameter.KEYWORD_ONLY
 
 
+def vary(compressor, n):
+  """Gives each of `n` channels a different state, some of them dead."""
+  if hasattr(compressor, "assign"):  # bit depths: dead below 0
+    compressor.assign(bits=np.linspace(0.5, 6, n))
+  if hasattr(compressor, "assign_log_alpha"):  # gates: closed below -2.4
+    compressor.assign_log_alpha(np.linspace(-4.0, 4.0, n)[::-1])
+
+
+def make_trainable(compressor):
+  """Puts the compressor where every parameter has a gradient: bits with each
+  channel's largest weights clipped (`b` gets its gradient through the clip
+  bounds) and the smaller ones inside the grid, gates strictly between 0 and
+  1 (where the hard-concrete sample is smooth)."""
+  if hasattr(compressor, "assign"):
+    # Largest |w| at 127/4 = 31.75 grid steps; the 5-bit grid is [-16, 15].
+    compressor.assign(bits=5.0, exponent=compressor.exponent() + 2)
+  if hasattr(compressor, "assign_log_alpha"):
+    compressor.assign_log_alpha(0.0)
+
+
 def check_layer(make_layer, keras_cls, input_shape, tmp_path):
   x = np.random.default_rng(1).normal(size=(4,) + input_shape).astype("float32")
   layer = make_layer()
@@ -26,7 +46,8 @@ def check_layer(make_layer, keras_cls, input_shape, tmp_path):
       {k: v for k, v in layer.get_config().items() if k != "compressor"})
   assert tuple(y.shape) == tuple(ref(x).shape)
 
-  # At 8 bits the quantized layer is within one grid step of the float one.
+  # At 8 bits (and open gates) the layer is within one grid step of the
+  # float one.
   ref.set_weights(layer.get_weights()[:len(ref.weights)])
   assert np.allclose(y, ref(x), atol=0.05 * float(np.abs(ref(x)).max()))
 
@@ -40,7 +61,7 @@ def check_layer(make_layer, keras_cls, input_shape, tmp_path):
   # .keras save and load: identical outputs, compression state included.
   inp = keras.Input(input_shape)
   model = keras.Model(inp, layer(inp))
-  layer.compressor.assign(bits=np.linspace(0.5, 6, layer.num_channels))
+  vary(layer.compressor, layer.num_channels)
   before = model(x)
   path = tmp_path / f"{layer.name}.keras"
   model.save(path)
@@ -49,16 +70,15 @@ def check_layer(make_layer, keras_cls, input_shape, tmp_path):
   for a, b in zip(loaded.weights, model.weights):
     np.testing.assert_array_equal(a, b)
 
-  # Gradients reach the weights, the bit depth and the exponent. Lower `e`
-  # so that some weights clip: `b` gets its gradient through the clip bounds.
-  layer.compressor.assign(bits=4.0, exponent=layer.compressor.exponent() + 2)
-  with tf.GradientTape() as tape:
-    loss = keras.ops.sum(keras.ops.square(layer(x)))
+  # Gradients reach the weights and every per-channel parameter.
   c = layer.compressor
-  grads = tape.gradient(loss, [layer.kernel_variable, c.bits_param,
-                               c.exponent_param])
-  for var, g in zip(["kernel", "bits", "exponent"], grads):
-    assert g is not None and np.abs(np.asarray(g)).sum() > 0, var
+  make_trainable(c)
+  with tf.GradientTape() as tape:
+    loss = keras.ops.sum(keras.ops.square(layer(x, training=True)))
+  params = [layer.kernel_variable] + c.channel_variables()
+  grads = tape.gradient(loss, params)
+  for var, g in zip(params, grads):
+    assert g is not None and np.abs(np.asarray(g)).sum() > 0, var.name
 
   # One training step moves the weights.
   model.compile(keras.optimizers.Adam(1e-2), "mse")

@@ -12,10 +12,10 @@ import selfcompress as sc
 from test_shedding import _kill, _randomize, conv_bn_flatten, mlp, residual
 
 
-def _half_dead(build, rng):
+def _half_dead(build, rng, compressor="bits"):
   """A compressed `build()` with random BatchNorm statistics (so dead
   channels carry constants) and half of every layer's channels dead."""
-  model = sc.compress(build())
+  model = sc.compress(build(), compressor=compressor)
   _randomize(model, rng)
   _kill(model, rng)
   return model
@@ -28,12 +28,17 @@ def _serve(path, x):
   return fn(**{name: tf.constant(x)})["output"].numpy()
 
 
-@pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
-def test_saved_model_equals_quantized_forward(build, tmp_path):
+COMPRESSED = [(mlp, "bits"), (conv_bn_flatten, "bits"), (residual, "bits"),
+              (mlp, "gates"), (conv_bn_flatten, "gates"),
+              (mlp, "gates+bits"), (residual, "gates+bits")]
+
+
+@pytest.mark.parametrize("build, compressor", COMPRESSED)
+def test_saved_model_equals_quantized_forward(build, compressor, tmp_path):
   rng = np.random.default_rng(0)
-  model = _half_dead(build, rng)
+  model = _half_dead(build, rng, compressor)
   for layer in model.layers:  # varied bit depths on the alive channels
-    if isinstance(layer, sc.layers.CompressedLayer):
+    if isinstance(layer, sc.layers.CompressedLayer) and compressor != "gates":
       c = layer.compressor
       bits = np.asarray(c.raw_bits())
       c.assign(bits=np.where(bits > 0, rng.uniform(1.2, 7.9, bits.size), bits))
@@ -85,11 +90,13 @@ def test_kernels_are_decoded_once_at_load_and_not_saved(tmp_path):
         assert reader.get_tensor(name).size <= widest, name
 
 
-@pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
-def test_packed_codes_are_as_small_as_the_accounting_says(build, tmp_path):
+@pytest.mark.parametrize("build, compressor", COMPRESSED)
+def test_packed_codes_are_as_small_as_the_accounting_says(build, compressor,
+                                                          tmp_path):
   # Random BatchNorm: dead channels carry constants; the accounting counts
   # the ones a padded convolution must still read, as shed() keeps them.
-  model = _half_dead(build, np.random.default_rng(1))
+  # Gate-only channels are stored as float32: the accounting's 32 bits.
+  model = _half_dead(build, np.random.default_rng(1), compressor)
   report = sc.export(model, tmp_path / "export")
   weight_bits = sum(l.weight_bits for l in sc.size(model).layers)
   groups = 8 * len([l for l in model.layers

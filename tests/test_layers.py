@@ -18,9 +18,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("compressor", ["bits", "gates", "gates+bits"])
 @pytest.mark.parametrize("make, keras_cls, shape", CASES)
-def test_layer_contract(make, keras_cls, shape, tmp_path):
-  check_layer(make, keras_cls, shape, tmp_path)
+def test_layer_contract(make, keras_cls, shape, compressor, tmp_path):
+  def make_with():
+    layer = make()
+    return type(layer).from_config(
+        dict(layer.get_config(), compressor=compressor))
+  check_layer(make_with, keras_cls, shape, tmp_path)
 
 
 @pytest.mark.parametrize("ours, theirs", [

@@ -22,16 +22,22 @@ def _randomize(model, rng):
 
 
 def _kill(model, rng, fraction=0.5):
-  """Kills a random half of every compressed layer's channels."""
+  """Kills a random half of every compressed layer's channels: by their bit
+  depth, their gate, or (gates and bits) either. Open gates get varied
+  values in (0, 1], which scale their channels."""
   for layer in model.layers:
     if isinstance(layer, layers.CompressedLayer):
       c = layer.compressor
-      bits = np.full(c.num_channels, 5.0, "float32")
-      dead = rng.random(c.num_channels) < fraction
-      if c.min_channels >= c.num_channels:
+      n = c.num_channels
+      dead = rng.random(n) < fraction
+      if c.min_channels >= n:
         dead[:] = False
-      bits[dead] = -1.0
-      c.assign(bits=bits)
+      has_bits, has_gate = hasattr(c, "assign"), hasattr(c, "assign_log_alpha")
+      by_gate = dead & (rng.random(n) < 0.5) if has_bits else dead
+      if has_bits:
+        c.assign(bits=np.where(dead & ~by_gate, -1.0, 5.0))
+      if has_gate:
+        c.assign_log_alpha(np.where(by_gate, -6.0, rng.uniform(-2.0, 3.0, n)))
 
 
 def mlp():
@@ -70,11 +76,12 @@ def depthwise_separable():
   return keras.Model(inp, L.Dense(2)(x))
 
 
+@pytest.mark.parametrize("compressor", ["bits", "gates", "gates+bits"])
 @pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual,
                                    depthwise_separable])
-def test_shed_model_equals_original_and_is_smaller(build):
+def test_shed_model_equals_original_and_is_smaller(build, compressor):
   rng = np.random.default_rng(0)
-  model = sc.compress(build(), min_channels=1)
+  model = sc.compress(build(), min_channels=1, compressor=compressor)
   _randomize(model, rng)
   _kill(model, rng)
   x = rng.normal(size=(16,) + tuple(model.input_shape[1:])).astype("float32")

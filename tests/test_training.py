@@ -135,13 +135,33 @@ def test_kill_9_then_same_command_finishes(tmp_path):
 @pytest.mark.parametrize("field, value, match", [
     ("gamma", -1.0, "gamma"), ("dataset", "cifar", "dataset"),
     ("epochs", 0, "epochs"), ("method", "prune", "method"),
-    ("target_kb", 0.001, "cannot be reached")])
+    ("target_kb", 0.001, "cannot be reached"),
+    ("compressor", "prune", "compressor"),
+    ("gate_lr_multiplier", 0.0, "gate_lr_multiplier")])
 def test_bad_config_values_are_named(tmp_path, field, value, match):
   data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
   config = smoke_config(data_dir)
   config[field] = value
   with pytest.raises(ValueError, match=match):
     training.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_compressor_per_layer_is_validated_and_applied(tmp_path):
+  data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
+  config = smoke_config(data_dir, compressor="gates")
+  config.compressor_per_layer.nope = "bits"
+  with pytest.raises(ValueError, match="nope.*not layers"):
+    training.build_model(config, (28, 28, 1), 10, 10)
+  config.compressor_per_layer = {"dense": "gates+bits"}
+  config.compressor_per_layer.dense = "fast"
+  with pytest.raises(ValueError, match="compressor_per_layer.dense='fast'"):
+    training.validate(config)
+  config.compressor_per_layer.dense = "none"
+  model = training.build_model(config, (28, 28, 1), 10, 10)
+  kinds = {l.name: type(getattr(l, "compressor", None)).__name__
+           for l in model.layers if l.weights}
+  assert kinds["dense"] == "NoneType"
+  assert set(kinds.values()) == {"NoneType", "HardConcreteGate"}
 
 
 def test_missing_data_says_how_to_fix(tmp_path):

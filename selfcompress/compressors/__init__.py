@@ -1,12 +1,17 @@
 """Per-channel compression methods, looked up by name like Keras quantizers."""
 
+import inspect
 
 from selfcompress.compressors.base import ChannelCompressor
 from selfcompress.compressors.bits import BitDepth
+from selfcompress.compressors.gates import GatedBitDepth, HardConcreteGate
 
 _REGISTRY = {
     "bits": BitDepth,
     "bit_depth": BitDepth,
+    "gates": HardConcreteGate,
+    "hard_concrete": HardConcreteGate,
+    "gates+bits": GatedBitDepth,
 }
 
 
@@ -29,25 +34,39 @@ def get(identifier, **overrides):
   variables and must never be shared between layers.
   """
   if isinstance(identifier, ChannelCompressor):
-    config = {**identifier.get_config(), **overrides}
-    return type(identifier).from_config(config)
+    return _construct(type(identifier),
+                      {**identifier.get_config(), **overrides})
   if isinstance(identifier, str):
     cls = _REGISTRY.get(identifier)
     if cls is None:
       raise ValueError(
           f"Unknown compressor {identifier!r}. Known: {sorted(_REGISTRY)}; "
           "or pass a ChannelCompressor instance.")
-    return cls(**overrides)
+    return _construct(cls, overrides)
   if isinstance(identifier, dict) and "class_name" in identifier:
     classes = {c.__name__: c for c in _REGISTRY.values()}
     cls = classes.get(identifier["class_name"])
     if cls is None:
       raise ValueError(f"Unknown compressor class {identifier['class_name']!r}."
                        f" Known: {sorted(classes)}.")
-    return cls.from_config({**identifier.get("config", {}), **overrides})
+    return _construct(cls, {**identifier.get("config", {}), **overrides})
   raise ValueError(
       "Could not interpret compressor. Expected a name, a serialized dict or "
       f"a ChannelCompressor. Received: {identifier!r}")
 
 
-__all__ = ["ChannelCompressor", "BitDepth", "get", "serialize", "register"]
+def _construct(cls, config):
+  try:
+    return cls.from_config(config)
+  except TypeError as e:
+    accepted = [p for p in inspect.signature(cls.__init__).parameters
+                if p != "self"]
+    raise TypeError(
+        f"{cls.__name__} was given arguments it does not take: {e}. It "
+        f"takes {accepted}. Pass each compressor its own arguments, e.g. as "
+        "an instance: compressor=selfcompress.compressors."
+        f"{cls.__name__}(...).") from e
+
+
+__all__ = ["ChannelCompressor", "BitDepth", "GatedBitDepth",
+           "HardConcreteGate", "get", "serialize", "register"]

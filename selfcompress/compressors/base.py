@@ -31,6 +31,9 @@ class ChannelCompressor:
 
   #: Storage, in bits, of one alive channel's compression parameters.
   overhead_bits_per_channel = 0
+  #: True if export stores integer codes (`storage_bits` each) times a
+  #: per-channel `scale()`; False if it stores the effective float32 kernel.
+  stores_codes = False
 
   def __init__(self, min_channels=0):
     if int(min_channels) != min_channels or min_channels < 0:
@@ -40,6 +43,7 @@ class ChannelCompressor:
     self.min_channels = int(min_channels)
     self.num_channels = None
     self._param_shape = None
+    self._channel_variables = []
 
   def build(self, layer, kernel, param_shape):
     """Creates the variables on `layer`.
@@ -85,6 +89,11 @@ class ChannelCompressor:
     """A float 0/1 vector, 1 for each channel that is alive (exact)."""
     return self.state().alive
 
+  def channel_variables(self):
+    """The variables holding one value per output channel (what `shed()`
+    slices along with the kernel's output axis)."""
+    return list(self._channel_variables)
+
   def held_channels(self):
     """Channels kept alive only by `min_channels` (0/1 vector)."""
     return ops.zeros((self.num_channels,))
@@ -127,8 +136,13 @@ def keep_top_channels(values, min_channels):
   return ops.cast(ops.greater_equal(values, kth), values.dtype)
 
 
-def add_param(layer, name, shape, value, trainable=True):
-  return layer.add_weight(
+def add_param(layer, name, shape, value, trainable=True, compressor=None):
+  """Adds a float32 variable to `layer`. Given `compressor`, the variable is
+  one of its per-channel ones (shape `(num_channels,)`)."""
+  var = layer.add_weight(
       name=name, shape=shape,
       initializer=keras.initializers.Constant(value),
       trainable=trainable, autocast=False)
+  if compressor is not None:
+    compressor._channel_variables.append(var)
+  return var

@@ -42,6 +42,7 @@ class BitDepth(base.ChannelCompressor):
 
   #: Per alive channel: the bit depth as uint8 and the scale 2^e as float32.
   overhead_bits_per_channel = 8 + 32
+  stores_codes = True
 
   def __init__(self, bits_init=8.0, lr_multiplier=100.0, held_bits=2.0,
                min_channels=0):
@@ -64,8 +65,9 @@ class BitDepth(base.ChannelCompressor):
     self._quantize = _compile(_quantize_impl, int(np.prod(kernel.shape)))
     n = (self.num_channels,)
     self.bits_param = base.add_param(
-        layer, "bits", n, self.bits_init / self.lr_multiplier)
-    self.exponent_param = base.add_param(layer, "exponent", n, 0.0)
+        layer, "bits", n, self.bits_init / self.lr_multiplier, compressor=self)
+    self.exponent_param = base.add_param(layer, "exponent", n, 0.0,
+                                         compressor=self)
     self.initialize(kernel)
 
   def initialize(self, kernel):
@@ -98,6 +100,10 @@ class BitDepth(base.ChannelCompressor):
 
   def exponent(self):
     return self.exponent_param * self.lr_multiplier
+
+  def scale(self):
+    """Per-channel step of the stored codes: `2^e`."""
+    return ops.power(2.0, self.exponent())
 
   def bits(self):
     """Bit depth per channel in force: channels held by `min_channels` get at
