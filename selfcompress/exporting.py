@@ -55,16 +55,9 @@ class _Packed:
       self._groups.append((b, len(channels), var))
       order[channels] = np.arange(row, row + len(channels))
       row += len(channels)
-    self._order = self._const("channel_order", order.astype("int32"), "int32")
-    self._scale = self._const("scale", scale.astype("float32"), "float32")
-    self._bias = None if bias is None else self._const("bias_packed", bias, "float32")
-
-  def _const(self, name, value, dtype):
-    var = self.add_weight(name=name, shape=value.shape, dtype=dtype,
-                          trainable=False,
-                          initializer=keras.initializers.Constant(0))
-    var.assign(value)
-    return var
+    self._order = _constant(self, "channel_order", order.astype("int32"), "int32")
+    self._scale = _constant(self, "scale", scale.astype("float32"), "float32")
+    self._bias = None if bias is None else _constant(self, "bias_packed", bias, "float32")
 
   def build(self, input_shape):
     self.built = True  # weights come from set_packed()

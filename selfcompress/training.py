@@ -14,6 +14,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 import selfcompress as sc
@@ -100,7 +101,10 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
   """The config's model, compressed unless `method == "dense"`, compiled."""
   # Fresh layer-name counters: the layers are named as in a new process
   # (conv2d, dense, dense_1, ...), which compressor_per_layer refers to.
-  keras.backend.clear_session()
+  # Not inside a strategy's scope, which clear_session() would drop:
+  # train_and_evaluate clears the session before entering it.
+  if not tf.distribute.has_strategy():
+    keras.backend.clear_session()
   keras.utils.set_random_seed(config.seed)
   model = models.get(config.model, input_shape, num_classes,
                      **dict(config.model_kwargs))
@@ -157,6 +161,7 @@ def train_and_evaluate(config, workdir):
       return results
   strategy = distribute.make(config)
   distribute.log_strategy(strategy)
+  keras.backend.clear_session()  # see build_model
   # Under multi_worker every worker trains, and the chief writes the files.
   chief = distribute.is_chief(strategy)
   with strategy.scope():
