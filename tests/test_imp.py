@@ -184,3 +184,11 @@ def test_load_level_and_tolerated_bits(tmp_path, data_dir):
     assert np.all(kernels[path][keep == 0] == 0)
     if bits != 32:
       assert len(np.unique(kernels[path])) <= 2 ** bits
+
+
+def test_imp_curves_plot(tmp_path):
+  from selfcompress import plots
+  run = [{"density": d, "accuracy": a} for d, a in ((1.0, 0.9), (0.5, 0.95))]
+  path = tmp_path / "curves.png"
+  plots.imp_curves({"init": [run, run], "reinit": [run]}, str(path))
+  assert path.stat().st_size > 1000

@@ -6,7 +6,11 @@ the test accuracy at the best-validation epoch for every run and the mean
 per group, then the same at the end of training.
 
   python tools/imp_report.py \
-      --runs=init:/tmp/imp_s0,init:/tmp/imp_s1,reinit:/tmp/reinit_s0
+      --runs=init:/tmp/imp_s0,init:/tmp/imp_s1,reinit:/tmp/reinit_s0 \
+      --plot=/tmp/imp.png
+
+`--plot` draws the accuracy at the best-validation epoch against weights
+remaining, mean per label with the seeds' range shaded.
 """
 
 import glob
@@ -15,8 +19,12 @@ import os
 
 from absl import app, flags
 
+from selfcompress import plots
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "label:workdir pairs.")
+flags.DEFINE_string("plot", None, "Optional PNG path for the curves.")
+flags.DEFINE_string("title", "", "Plot title.")
 
 
 def read(workdir):
@@ -56,6 +64,13 @@ def main(argv):
         cells.append(f"{100 * sum(values) / len(values):.2f} (n={len(values)})"
                      if values else "")
       print(f"| {level} | {100 * density:.1f}% | " + " | ".join(cells) + " |")
+  if FLAGS.plot:
+    groups = {}
+    for label, _, rows in runs:
+      groups.setdefault(label, []).append(
+          [{"density": r["density"], "accuracy": r["test_accuracy_at_best_val"]}
+           for r in rows.values()])
+    plots.imp_curves(groups, FLAGS.plot, FLAGS.title)
 
 
 if __name__ == "__main__":
