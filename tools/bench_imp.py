@@ -72,7 +72,9 @@ def main(argv):
   print(f"\nIMP level {chosen['level']}: {100 * chosen['density']:.2f}% of "
         f"weights ({chosen['weights_remaining']:,}), chosen on validation "
         f"({100 * chosen['best_val_accuracy']:.2f}% vs dense "
-        f"{100 * dense['best_val_accuracy']:.2f}%); {bits} bits tolerated.")
+        f"{100 * dense['best_val_accuracy']:.2f}%); {bits} bits tolerated. "
+        f"Index overhead: {float_size.index / 8000:.2f} KB at float32, "
+        f"{quantized_size.index / 8000:.2f} KB at {bits} bits.")
   print("| method | test acc | size KB | vs float32 | size / SC | train s "
         "| time / SC |")
   print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
