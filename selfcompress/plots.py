@@ -62,13 +62,15 @@ def pareto(points, path, dense=None, anchors=(), title=""):
   _save(fig, path)
 
 
-def imp_curves(groups, path, title=""):
+def imp_curves(groups, path, title="", references=()):
   """Test accuracy against weights remaining (log scale), one line per
   group (its mean over runs) with the runs' range shaded.
 
   Args:
     groups: dict `label -> list of runs`; a run is a list of dicts with
       `density` and `accuracy` (fractions), one per level.
+    references: `(label, accuracy)` pairs drawn as horizontal lines (e.g. a
+      longer-trained dense network).
   """
   fig, ax = plt.subplots(figsize=(7, 4))
   for label, runs in groups.items():
@@ -84,7 +86,12 @@ def imp_curves(groups, path, title=""):
     ax.fill_between([100 * d for d in x], [100 * min(y) for y in ys],
                     [100 * max(y) for y in ys], color=line.get_color(),
                     alpha=0.2)
+  for label, accuracy in references:
+    ax.axhline(100 * accuracy, color="gray", ls="--", lw=1, label=label)
   ax.set_xscale("log")
+  lowest = min(ax.get_xlim())
+  ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5) if t >= lowest]
+  ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
   ax.invert_xaxis()
   ax.set_xlabel("weights remaining (%)")
   ax.set_ylabel("test accuracy (%)")

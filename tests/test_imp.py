@@ -190,5 +190,6 @@ def test_imp_curves_plot(tmp_path):
   from selfcompress import plots
   run = [{"density": d, "accuracy": a} for d, a in ((1.0, 0.9), (0.5, 0.95))]
   path = tmp_path / "curves.png"
-  plots.imp_curves({"init": [run, run], "reinit": [run]}, str(path))
+  plots.imp_curves({"init": [run, run], "reinit": [run]}, str(path),
+                   references=[("dense", 0.93)])
   assert path.stat().st_size > 1000

@@ -25,6 +25,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "label:workdir pairs.")
 flags.DEFINE_string("plot", None, "Optional PNG path for the curves.")
 flags.DEFINE_string("title", "", "Plot title.")
+flags.DEFINE_list("references", [], "Runs drawn as a horizontal line at the "
+                  "mean best-validation test accuracy of their level 0, as "
+                  "label:workdir pairs (e.g. a longer-trained dense run).")
 
 
 def read(workdir):
@@ -70,7 +73,14 @@ def main(argv):
       groups.setdefault(label, []).append(
           [{"density": r["density"], "accuracy": r["test_accuracy_at_best_val"]}
            for r in rows.values()])
-    plots.imp_curves(groups, FLAGS.plot, FLAGS.title)
+    references = {}
+    for item in FLAGS.references:
+      label, _, workdir = item.partition(":")
+      references.setdefault(label, []).append(
+          read(workdir)[0]["test_accuracy_at_best_val"])
+    plots.imp_curves(groups, FLAGS.plot, FLAGS.title, references=[
+        (f"{label} (n={len(v)})", sum(v) / len(v))
+        for label, v in references.items()])
 
 
 if __name__ == "__main__":
