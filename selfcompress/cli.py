@@ -1,6 +1,7 @@
 """Command-line entry points (absl flags + ml_collections configs). Each is a
 thin shell over one library call; `tools/*.py` and the console scripts
-`selfcompress-train` / `selfcompress-sweep` run these."""
+`selfcompress-train` / `selfcompress-sweep` / `selfcompress-imp` /
+`selfcompress-export` run these."""
 
 import os
 
@@ -32,6 +33,17 @@ def train():
     _no_args(argv)
     from selfcompress import training
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  app.run(main)
+
+
+def imp():
+  """Iterative magnitude pruning with rewinding; run again to resume."""
+  _common_flags()
+
+  def main(argv):
+    _no_args(argv)
+    from selfcompress import imp as imp_lib
+    imp_lib.run(FLAGS.config, FLAGS.workdir)
   app.run(main)
 
 

@@ -42,6 +42,17 @@ def base():
   c.strategy = "default"           # one_device | mirrored | multi_worker | tpu
   c.tpu_address = ""               # tpu: name or grpc://host:port; "" = this VM
   c.cpu_devices = 0                # >0: split the CPU into logical devices
+  # Iterative magnitude pruning (tools/imp.py; REFERENCES.md section 2).
+  c.imp = ml_collections.ConfigDict()
+  c.imp.levels = 15                # pruning rounds after the dense level 0
+  c.imp.fraction = 0.2             # of the remaining weights, per round
+  c.imp.strategy = "layerwise_magnitude"  # | global_magnitude | random
+  c.imp.output_rate = 0.5          # output layer prunes fraction * this
+  c.imp.layer_fractions = ()       # or one fraction per kernel, model order
+  c.imp.reset = "init"             # init | rewind | lr_rewind | finetune | reinit
+  c.imp.rewind_epoch = 1           # reset="rewind": weights of this epoch
+  c.imp.finetune_learning_rate = 1e-4  # reset="finetune": constant LR
+  c.imp.mask_from = config_dict.placeholder(str)  # an IMP workdir: its masks
   # Bookkeeping.
   c.checkpoint_every_epochs = 1
   c.verbose = 1                    # Keras progress bar (0: none)
@@ -61,6 +72,7 @@ def apply_arg(config, arg):
       config.batch_size = 64
       if config.dataset != "digits":
         config.num_validation = 256
+      config.imp.levels = min(config.imp.levels, 2)
     else:
       raise ValueError(f"Unknown config argument {part!r}; known: smoke.")
   return config

@@ -6,17 +6,21 @@ import keras
 L = keras.layers
 
 
-def mlp(input_shape, num_classes, hidden=(300, 100)):
-  """A ReLU MLP; `hidden=(300, 100)` is LeNet-300-100 (LeCun et al. 1998)."""
+def mlp(input_shape, num_classes, hidden=(300, 100),
+        kernel_initializer="glorot_uniform"):
+  """A ReLU MLP; `hidden=(300, 100)` is LeNet-300-100 (LeCun et al. 1998).
+  The lottery-ticket work initialises it `"glorot_normal"`."""
   layers = [keras.Input(input_shape), L.Flatten()]
-  layers += [L.Dense(units, activation="relu") for units in hidden]
-  layers += [L.Dense(num_classes)]
+  layers += [L.Dense(units, activation="relu",
+                     kernel_initializer=kernel_initializer) for units in hidden]
+  layers += [L.Dense(num_classes, kernel_initializer=kernel_initializer)]
   return keras.Sequential(layers, name="mlp_" + "_".join(map(str, hidden)))
 
 
-def lenet300(input_shape, num_classes):
+def lenet300(input_shape, num_classes, kernel_initializer="glorot_uniform"):
   """LeNet-300-100: 784-300-100-10, 266,610 parameters on MNIST."""
-  model = mlp(input_shape, num_classes, hidden=(300, 100))
+  model = mlp(input_shape, num_classes, hidden=(300, 100),
+              kernel_initializer=kernel_initializer)
   model.name = "lenet300"
   return model
 

@@ -1,4 +1,5 @@
-"""Figures: the training curve of one run and the accuracy-vs-size Pareto plot."""
+"""Figures: the training curve of one run, the accuracy-vs-size Pareto plot
+and IMP's accuracy against weights remaining."""
 
 import matplotlib
 
@@ -56,6 +57,46 @@ def pareto(points, path, dense=None, anchors=(), title=""):
   ax.set_ylabel("test accuracy (%)")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
+  ax.set_title(title)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def imp_curves(groups, path, title="", references=()):
+  """Test accuracy against weights remaining (log scale), one line per
+  group (its mean over runs) with the runs' range shaded.
+
+  Args:
+    groups: dict `label -> list of runs`; a run is a list of dicts with
+      `density` and `accuracy` (fractions), one per level.
+    references: `(label, accuracy)` pairs drawn as horizontal lines (e.g. a
+      longer-trained dense network).
+  """
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for label, runs in groups.items():
+    by_density = {}
+    for run in runs:
+      for r in run:
+        by_density.setdefault(round(r["density"], 6), []).append(r["accuracy"])
+    x = sorted(by_density, reverse=True)
+    ys = [by_density[d] for d in x]
+    mean = [100 * sum(y) / len(y) for y in ys]
+    line, = ax.plot([100 * d for d in x], mean, "o-", ms=3,
+                    label=f"{label} (n={len(runs)})")
+    ax.fill_between([100 * d for d in x], [100 * min(y) for y in ys],
+                    [100 * max(y) for y in ys], color=line.get_color(),
+                    alpha=0.2)
+  for label, accuracy in references:
+    ax.axhline(100 * accuracy, color="gray", ls="--", lw=1, label=label)
+  ax.set_xscale("log")
+  lowest = min(ax.get_xlim())
+  ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5) if t >= lowest]
+  ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+  ax.invert_xaxis()
+  ax.set_xlabel("weights remaining (%)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
   ax.set_title(title)
   fig.tight_layout()
   _save(fig, path)

@@ -97,6 +97,46 @@ def _check_resumable(config, workdir):
         "--workdir.")
 
 
+class OffsetSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """`schedule(step + offset)`: a schedule replayed from step `offset` by a
+  fresh optimizer (whose own step count, used by Adam's bias correction,
+  starts at 0)."""
+
+  def __init__(self, schedule, offset):
+    self.schedule = schedule
+    self.offset = offset
+
+  def __call__(self, step):
+    return self.schedule(step + self.offset)
+
+  def get_config(self):
+    return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "offset": self.offset}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(keras.optimizers.schedules.deserialize(config["schedule"]),
+               config["offset"])
+
+
+def learning_rate(config, steps_per_epoch, start_step=0):
+  """The config's learning rate: a float, or its schedule from `start_step`."""
+  if config.lr_schedule == "constant":
+    return config.learning_rate
+  schedule = keras.optimizers.schedules.CosineDecay(
+      config.learning_rate, steps_per_epoch * config.epochs)
+  return OffsetSchedule(schedule, start_step) if start_step else schedule
+
+
+def compile_model(model, lr):
+  """Compiles with the project's optimizer (Adam at `lr`), loss and metric."""
+  model.compile(
+      optimizer=keras.optimizers.Adam(lr),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=["accuracy"])
+  return model
+
+
 def build_model(config, input_shape, num_classes, steps_per_epoch):
   """The config's model, compressed unless `method == "dense"`, compiled."""
   # Fresh layer-name counters: the layers are named as in a new process
@@ -122,14 +162,7 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
         model, compressor=compressor(config, config.compressor),
         per_layer=per_layer, gamma=config.gamma, target_kb=config.target_kb,
         target_rate=config.target_rate, min_channels=config.min_channels)
-  lr = config.learning_rate
-  if config.lr_schedule == "cosine":
-    lr = keras.optimizers.schedules.CosineDecay(lr, steps_per_epoch * config.epochs)
-  model.compile(
-      optimizer=keras.optimizers.Adam(lr),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=["accuracy"])
-  return model
+  return compile_model(model, learning_rate(config, steps_per_epoch))
 
 
 def compressor(config, method):
