@@ -39,7 +39,28 @@ class ExportReport:
     return dataclasses.asdict(self)
 
 
-class _Packed:
+class _Serving:
+  """Mixin of the serving twins: the layer's op with `serving_kernel()`,
+  plus its own bias and activation. Weights come from the twin's setter."""
+
+  def build(self, input_shape):
+    self.built = True
+
+  def serving_kernel(self):
+    decoded = getattr(self, "_decoded", None)
+    # In a SavedModel the kernel is rebuilt once, at load (`_DecodedKernel`).
+    return self.stored_kernel() if decoded is None else decoded.read()
+
+  def call(self, inputs, training=None):
+    outputs = self._output_with(inputs, self.serving_kernel())
+    if self._bias is not None:
+      outputs = ops.add(outputs, self._bias)
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return outputs
+
+
+class _Packed(_Serving):
   """Mixin: a compressed layer whose kernel is decoded from packed codes."""
 
   def set_packed(self, packed, scale, bias):
@@ -59,10 +80,7 @@ class _Packed:
     self._scale = _constant(self, "scale", scale.astype("float32"), "float32")
     self._bias = None if bias is None else _constant(self, "bias_packed", bias, "float32")
 
-  def build(self, input_shape):
-    self.built = True  # weights come from set_packed()
-
-  def decoded_kernel(self):
+  def stored_kernel(self):
     per, rows = self._per_channel, []
     for b, n, data in self._groups:
       byte = ops.cast(ops.convert_to_tensor(data), "int32")
@@ -78,16 +96,6 @@ class _Packed:
     kernel_t = ops.cast(table, "float32") * ops.expand_dims(self._scale, 1)
     return ops.reshape(ops.transpose(kernel_t), self._kernel_shape)
 
-  def call(self, inputs, training=None):
-    decoded = getattr(self, "_decoded", None)
-    # In a SavedModel the codes are decoded once, at load (`_DecodedKernel`).
-    kernel = self.decoded_kernel() if decoded is None else decoded.read()
-    outputs = self._output_with(inputs, kernel)
-    if self._bias is not None:
-      outputs = ops.add(outputs, self._bias)
-    if self.activation is not None:
-      outputs = self.activation(outputs)
-    return outputs
 
 
 def _packed_class(layer):
@@ -124,7 +132,7 @@ def _pack_layer(layer):
   return new, packed
 
 
-class _Float:
+class _Float(_Serving):
   """Mixin: a compressed layer serving its alive channels' effective kernel
   (gates folded in) as float32; dead channels are zero columns, not stored."""
 
@@ -139,20 +147,11 @@ class _Float:
                                                      "float32")
     return _FloatWeights(alive, columns)
 
-  def build(self, input_shape):
-    self.built = True  # weights come from set_float()
-
-  def call(self, inputs, training=None):
+  def stored_kernel(self):
     columns = ops.convert_to_tensor(self._columns)
     table = ops.concatenate(
         [columns, ops.zeros((columns.shape[0], 1), "float32")], axis=1)
-    kernel = ops.reshape(ops.take(table, self._order, axis=1), self._kernel_shape)
-    outputs = self._output_with(inputs, kernel)
-    if self._bias is not None:
-      outputs = ops.add(outputs, self._bias)
-    if self.activation is not None:
-      outputs = self.activation(outputs)
-    return outputs
+    return ops.reshape(ops.take(table, self._order, axis=1), self._kernel_shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +294,8 @@ def export(model, path, format="saved_model", overwrite=False):
 
 
 class _DecodedKernel(tf.saved_model.experimental.TrackableResource):
-  """A packed layer's float32 kernel, decoded once when the SavedModel loads.
+  """A serving layer's float32 kernel, rebuilt once when the SavedModel loads
+  (decoded from the packed codes, or the alive float32 columns put in place).
 
   A resource, not a variable, so its value is not saved: the SavedModel holds
   only the packed codes, and the loader (`tf.saved_model.load`, or a
@@ -318,7 +318,7 @@ class _DecodedKernel(tf.saved_model.experimental.TrackableResource):
 
   def _initialize(self):
     return tf.raw_ops.AssignVariableOp(
-        resource=self.resource_handle, value=self._layer.decoded_kernel())
+        resource=self.resource_handle, value=self._layer.stored_kernel())
 
   def read(self):
     value = tf.raw_ops.ReadVariableOp(resource=self.resource_handle,
@@ -333,8 +333,8 @@ def _write_saved_model(model, path):
   same variables and the checkpoint stores both."""
   spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=n)
           for t, n in zip(model.inputs, _input_names(model))]
-  packed = [l for l in model._flatten_layers(include_self=False)
-            if isinstance(l, _Packed)]
+  twins = [l for l in model._flatten_layers(include_self=False)
+            if isinstance(l, _Serving)]
 
   def serve(*inputs):
     outputs = model(list(inputs) if len(inputs) > 1 else inputs[0],
@@ -345,8 +345,8 @@ def _write_saved_model(model, path):
 
   module = tf.Module()
   module.weights = [v.value for v in model.variables]
-  module.decoded = [_DecodedKernel(l) for l in packed]
-  for layer, decoded in zip(packed, module.decoded):
+  module.decoded = [_DecodedKernel(l) for l in twins]
+  for layer, decoded in zip(twins, module.decoded):
     layer._decoded = decoded
   # XLA fuses each layer's op with the bias and activation around it.
   module.serve = tf.function(serve, input_signature=spec, jit_compile=True,
@@ -355,7 +355,7 @@ def _write_saved_model(model, path):
     tf.saved_model.save(module, path,
                         signatures={"serving_default": module.serve})
   finally:
-    for layer in packed:
+    for layer in twins:
       layer._decoded = None
 
 

@@ -65,8 +65,9 @@ def _serve_in_session(path, x):
 
 def test_kernels_are_decoded_once_at_load_and_not_saved(tmp_path):
   rng = np.random.default_rng(2)
-  models = [_half_dead(mlp, rng), _half_dead(conv_bn_flatten, rng)]
-  paths = [str(tmp_path / f"export{i}") for i in range(2)]
+  models = [_half_dead(mlp, rng), _half_dead(conv_bn_flatten, rng),
+            _half_dead(residual, rng, "gates+bits")]
+  paths = [str(tmp_path / f"export{i}") for i in range(len(models))]
   for model, path in zip(models, paths):
     sc.export(model, path)
   for model, path in zip(models, paths):  # both loaded in one process
