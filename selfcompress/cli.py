@@ -76,6 +76,9 @@ def export():
   flags.DEFINE_string("output", None, "The SavedModel folder or .tflite file.")
   flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"],
                     "Export format.")
+  flags.DEFINE_enum("litert_weights", "float32", ["float32", "float16"],
+                    "With --format=tflite: float16 halves the weights, "
+                    "rounding some of them (see selfcompress.export).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing export.")
   flags.mark_flags_as_required(["output"])
 
@@ -91,6 +94,7 @@ def export():
     import keras
     import selfcompress as sc
     report = sc.export(keras.models.load_model(path), FLAGS.output,
-                       format=FLAGS.format, overwrite=FLAGS.overwrite)
+                       format=FLAGS.format, overwrite=FLAGS.overwrite,
+                       litert_weights=FLAGS.litert_weights)
     print(report)
   app.run(main)

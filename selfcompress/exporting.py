@@ -238,8 +238,10 @@ def _copy_weights(made):
       new.set_weights(old.get_weights())
 
 
-def export(model, path, format="saved_model", overwrite=False):
-  """Writes `model` for serving; returns an `ExportReport`.
+def export(model, path, format="saved_model", overwrite=False,
+           litert_weights="float32"):
+  """Writes `model` for serving; returns an `ExportReport` (for LiteRT, the
+  file's size in bytes).
 
   Args:
     model: a trained `SelfCompressingModel` (or any model of
@@ -251,10 +253,21 @@ def export(model, path, format="saved_model", overwrite=False):
       network's quantized weights in float32: smaller than the dense model
       by the channels shedding removed, not by the bit depths.
     overwrite: replace an existing folder at `path`.
+    litert_weights: "float32" (exact), or "float16": LiteRT's float16
+      weight quantization, about half the file. The weights are widened
+      back to float32 at load, so only their rounding to float16 differs:
+      up to 2^-11 relative per weight (the learned exponents `e` are real,
+      so even a 2-bit kernel's `codes * 2^e` is not exact in float16).
   """
   if format not in ("saved_model", "tflite"):
     raise ValueError(f"Unknown export format {format!r}; supported: "
                      "'saved_model', 'tflite'.")
+  if litert_weights not in ("float32", "float16"):
+    raise ValueError(f"Unknown litert_weights {litert_weights!r}; supported: "
+                     "'float32', 'float16'.")
+  if litert_weights != "float32" and format != "tflite":
+    raise ValueError("litert_weights applies to format='tflite' only; the "
+                     "SavedModel stores the packed integer codes.")
   layers = list(model._flatten_layers(include_self=False))
   if not any(isinstance(l, CompressedLayer) for l in layers):
     raise ValueError(
@@ -265,7 +278,7 @@ def export(model, path, format="saved_model", overwrite=False):
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
   if format == "tflite":
-    return _export_tflite(model, path)
+    return _export_tflite(model, path, litert_weights)
   compact, dense, packs = serving_models(model)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
@@ -372,11 +385,17 @@ def _folder_bytes(path):
              for d, _, files in os.walk(path) for f in files)
 
 
-def _export_tflite(model, path):
+def _export_tflite(model, path, weights):
   """Writes `path` (a .tflite file) atomically; returns its size in bytes."""
   twin = float_model(shedding.shed(model))
-  converter = tf.lite.TFLiteConverter.from_keras_model(twin)
-  data = converter.convert()
+  with tempfile.TemporaryDirectory() as tmp:
+    # What from_keras_model does, without its printout of the signature.
+    twin.export(tmp, verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    if weights == "float16":
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      converter.target_spec.supported_types = [tf.float16]
+    data = converter.convert()
 
   def write(tmp):
     with open(tmp, "wb") as f:

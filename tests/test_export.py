@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -167,3 +169,52 @@ def test_litert_export_matches_within_float_tolerance(build, tmp_path):
   served = it.get_tensor(out["index"])
   np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-4)
   np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
+
+
+def test_litert_float16_weights_halve_the_file(tmp_path):
+  interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
+  rng = np.random.default_rng(3)
+  model = _half_dead(lambda: keras.Sequential([
+      keras.Input((10, 10, 3)), keras.layers.Conv2D(32, 3),
+      keras.layers.BatchNormalization(), keras.layers.ReLU(),
+      keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"),
+      keras.layers.Dense(4)]), rng)
+  x = rng.normal(size=(8,) + tuple(model.input_shape[1:])).astype("float32")
+  expected = np.asarray(model(x, training=False))
+  sizes = {}
+  for weights in ("float32", "float16"):
+    path = str(tmp_path / f"{weights}.tflite")
+    sizes[weights] = sc.export(model, path, format="tflite",
+                               litert_weights=weights)
+    it = interpreter_lib.Interpreter(model_path=path)
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    # float16 rounding of the folded weights: ~2^-11 relative per weight.
+    np.testing.assert_allclose(it.get_tensor(out["index"]), expected,
+                               atol=5e-3 * np.abs(expected).max(), rtol=0)
+  # Mostly weights (16 x 1,024 after shedding): float16 halves them.
+  assert sizes["float16"] < 0.6 * sizes["float32"], sizes
+  with pytest.raises(ValueError, match="litert_weights"):
+    sc.export(model, tmp_path / "x", litert_weights="int4")
+  with pytest.raises(ValueError, match="format='tflite' only"):
+    sc.export(model, tmp_path / "x", litert_weights="float16")
+
+
+def test_export_tool_writes_both_formats(tmp_path):
+  model = _half_dead(mlp, np.random.default_rng(4))
+  model.save(tmp_path / "model.keras")
+  tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "tools", "export.py")
+  x = np.random.default_rng(5).normal(size=(4, 12)).astype("float32")
+  for args in (["--output", str(tmp_path / "served")],
+               ["--output", str(tmp_path / "m.tflite"), "--format=tflite",
+                "--litert_weights=float16"]):
+    done = subprocess.run([sys.executable, tool, f"--model={tmp_path}/model.keras",
+                           *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+  np.testing.assert_allclose(_serve(str(tmp_path / "served"), x),
+                             np.asarray(model(x, training=False)), atol=1e-5)
+  assert os.path.getsize(tmp_path / "m.tflite") > 0

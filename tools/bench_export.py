@@ -2,7 +2,7 @@
 
 For each `model.keras` (e.g. from `tools/train.py` workdirs): exports it with
 `selfcompress.export`, then prints the packed weight bytes against the size
-accounting, the folder sizes, and the serving latency of both SavedModels
+accounting, the folder sizes, the LiteRT file sizes, and the serving latency of both SavedModels
 at batch 1 and 1024 (median over interleaved repeats, same inputs).
 
   python tools/bench_export.py --models=/tmp/l300/model.keras,/tmp/l5/model.keras
@@ -37,6 +37,32 @@ def serving_fn(path):
   return lambda x: fn(**{name: x})["output"]
 
 
+def litert(model, work):
+  """LiteRT file sizes (float32 and float16 weights) and their largest
+  output difference from the trained model, on 256 random inputs."""
+  try:
+    from ai_edge_litert import interpreter as interpreter_lib
+  except ImportError:
+    print("  LiteRT: skipped (pip install ai-edge-litert)")
+    return
+  x = np.random.default_rng(1).normal(
+      size=(256,) + tuple(model.input_shape[1:])).astype("float32")
+  expected = np.asarray(model(x, training=False))
+  for weights in ("float32", "float16"):
+    path = os.path.join(work, f"{weights}.tflite")
+    nbytes = sc.export(model, path, format="tflite", litert_weights=weights)
+    it = interpreter_lib.Interpreter(model_path=path)
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    it.resize_tensor_input(inp["index"], x.shape)
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    served = it.get_tensor(out["index"])
+    same = (served.argmax(1) == expected.argmax(1)).mean()
+    print(f"  LiteRT, {weights} weights: {nbytes:,} B; max |LiteRT - trained| "
+          f"= {np.abs(served - expected).max():.2e}, same argmax {100 * same:.1f}%")
+
+
 def main(_):
   for model_path in FLAGS.models:
     model = keras.models.load_model(model_path)
@@ -56,6 +82,7 @@ def main(_):
             f"variables/accounting {variables / size.bytes:.2f}")
       print(f"  dense float32 SavedModel: {report.dense_float32_bytes:,} B; "
             f"compact is {report.dense_float32_bytes / report.directory_bytes:.1f}x smaller")
+      litert(model, work)
       fns = {"compact": serving_fn(os.path.join(work, "compact")),
              "dense": serving_fn(os.path.join(work, "dense"))}
       rng = np.random.default_rng(0)
