@@ -385,6 +385,23 @@ def _folder_bytes(path):
              for d, _, files in os.walk(path) for f in files)
 
 
+def run_litert(path, x):
+  """Outputs of the single-input, single-output LiteRT file `path` on the
+  batch `x`, computed by the `ai-edge-litert` interpreter."""
+  try:
+    from ai_edge_litert import interpreter as interpreter_lib
+  except ImportError as e:
+    raise ImportError("Running a LiteRT file needs the LiteRT interpreter: "
+                      "pip install ai-edge-litert") from e
+  it = interpreter_lib.Interpreter(model_path=os.fspath(path))
+  (inp,), (out,) = it.get_input_details(), it.get_output_details()
+  it.resize_tensor_input(inp["index"], x.shape)
+  it.allocate_tensors()
+  it.set_tensor(inp["index"], np.asarray(x, inp["dtype"]))
+  it.invoke()
+  return it.get_tensor(out["index"])
+
+
 def _export_tflite(model, path, weights):
   """Writes `path` (a .tflite file) atomically; returns its size in bytes."""
   twin = float_model(shedding.shed(model))

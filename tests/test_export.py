@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import selfcompress as sc
+from selfcompress import exporting
 from test_shedding import _kill, _randomize, conv_bn_flatten, mlp, residual
 
 
@@ -143,7 +144,6 @@ def test_export_names_an_unrebuildable_layer_and_cleans_up(tmp_path,
     os.makedirs(path)
     open(os.path.join(path, "saved_model.pb"), "wb").close()
     raise OSError("disk full")
-  from selfcompress import exporting
   monkeypatch.setattr(exporting, "_write_saved_model", fail)
   with pytest.raises(OSError, match="disk full"):
     sc.export(sc.compress(mlp()), tmp_path / "b")
@@ -152,7 +152,7 @@ def test_export_names_an_unrebuildable_layer_and_cleans_up(tmp_path,
 
 @pytest.mark.parametrize("build", [mlp, conv_bn_flatten, residual])
 def test_litert_export_matches_within_float_tolerance(build, tmp_path):
-  interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
+  pytest.importorskip("ai_edge_litert.interpreter")
   rng = np.random.default_rng(2)
   model = _half_dead(build, rng)
   x = rng.normal(size=(8,) + tuple(model.input_shape[1:])).astype("float32")
@@ -160,19 +160,13 @@ def test_litert_export_matches_within_float_tolerance(build, tmp_path):
   path = str(tmp_path / "model.tflite")
   nbytes = sc.export(model, path, format="tflite")
   assert os.path.getsize(path) == nbytes
-  it = interpreter_lib.Interpreter(model_path=path)
-  (inp,), (out,) = it.get_input_details(), it.get_output_details()
-  it.resize_tensor_input(inp["index"], x.shape)
-  it.allocate_tensors()
-  it.set_tensor(inp["index"], x)
-  it.invoke()
-  served = it.get_tensor(out["index"])
+  served = exporting.run_litert(path, x)
   np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-4)
   np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
 
 
 def test_litert_float16_weights_halve_the_file(tmp_path):
-  interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
+  pytest.importorskip("ai_edge_litert.interpreter")
   rng = np.random.default_rng(3)
   model = _half_dead(lambda: keras.Sequential([
       keras.Input((10, 10, 3)), keras.layers.Conv2D(32, 3),
@@ -186,14 +180,8 @@ def test_litert_float16_weights_halve_the_file(tmp_path):
     path = str(tmp_path / f"{weights}.tflite")
     sizes[weights] = sc.export(model, path, format="tflite",
                                litert_weights=weights)
-    it = interpreter_lib.Interpreter(model_path=path)
-    (inp,), (out,) = it.get_input_details(), it.get_output_details()
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp["index"], x)
-    it.invoke()
     # float16 rounding of the folded weights: ~2^-11 relative per weight.
-    np.testing.assert_allclose(it.get_tensor(out["index"]), expected,
+    np.testing.assert_allclose(exporting.run_litert(path, x), expected,
                                atol=5e-3 * np.abs(expected).max(), rtol=0)
   # Mostly weights (16 x 1,024 after shedding): float16 halves them.
   assert sizes["float16"] < 0.6 * sizes["float32"], sizes

@@ -40,24 +40,13 @@ def serving_fn(path):
 def litert(model, work):
   """LiteRT file sizes (float32 and float16 weights) and their largest
   output difference from the trained model, on 256 random inputs."""
-  try:
-    from ai_edge_litert import interpreter as interpreter_lib
-  except ImportError:
-    print("  LiteRT: skipped (pip install ai-edge-litert)")
-    return
   x = np.random.default_rng(1).normal(
       size=(256,) + tuple(model.input_shape[1:])).astype("float32")
   expected = np.asarray(model(x, training=False))
   for weights in ("float32", "float16"):
     path = os.path.join(work, f"{weights}.tflite")
     nbytes = sc.export(model, path, format="tflite", litert_weights=weights)
-    it = interpreter_lib.Interpreter(model_path=path)
-    (inp,), (out,) = it.get_input_details(), it.get_output_details()
-    it.resize_tensor_input(inp["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(inp["index"], x)
-    it.invoke()
-    served = it.get_tensor(out["index"])
+    served = export_lib.run_litert(path, x)
     same = (served.argmax(1) == expected.argmax(1)).mean()
     print(f"  LiteRT, {weights} weights: {nbytes:,} B; max |LiteRT - trained| "
           f"= {np.abs(served - expected).max():.2e}, same argmax {100 * same:.1f}%")
