@@ -97,7 +97,6 @@ class _Packed(_Serving):
     return ops.reshape(ops.transpose(kernel_t), self._kernel_shape)
 
 
-
 def _packed_class(layer):
   cls = type(layer)
   return type("Packed" + cls.__name__, (_Packed, cls), {})
