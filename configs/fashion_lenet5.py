@@ -8,9 +8,10 @@ for comparing compressors (`--config.compressor=bits|gates|gates+bits`) on a
 network without BatchNorm: a BatchNorm after a gated layer would undo the
 gate's scaling in training (README, "Choosing gates or bits"). 5,000
 training images held out for validation; the official 10,000 for test.
-About a minute per epoch on one CPU core (6-epoch runs, 2026-11-21); with
-`--config.epochs=6`, 90.44% test accuracy at 251.5 KB with gates, 89.74% at
-18.5 KB with bits (BENCHMARKS.md, issue 8).
+About 2.5 minutes on 2 CPU cores. Expected (seed 0, 20 epochs, measured
+2026-11-21): 91.03% test accuracy at 197 KB with gates, 90.33% at 16.9 KB
+with bits, 90.36% at 17.1 KB with gates+bits; dense 91.19% (BENCHMARKS.md,
+issue 8).
 `:smoke` shrinks it to seconds.
 """
 
