@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from selfcompress import callbacks as cb
-from selfcompress import checkpoint, data, models, pruning, training
+from selfcompress import checkpoint, data, distribute, models, pruning, training
 
 RESETS = ("init", "rewind", "lr_rewind", "finetune", "reinit")
 # Fields a resumed run may change without changing its results.
@@ -76,6 +76,11 @@ def validate(config):
     bad("finetune_learning_rate", "must be > 0")
   if imp.mask_from is not None and not os.path.isdir(imp.mask_from):
     bad("mask_from", "must be the workdir of an IMP run (it does not exist)")
+  if config.strategy == "multi_worker":
+    raise ValueError(
+        "Bad config value: strategy='multi_worker': IMP reads each level's "
+        "weights back from its workdir, which the workers of a cluster do not "
+        "share; run it with 'mirrored' (the devices of one machine) or 'tpu'.")
 
 
 def _check_same_run(config, workdir):
@@ -200,17 +205,17 @@ def _train_level(config, ds, steps, level, workdir):
   snapshot = _Snapshot()
   if level == 0 and imp.reset == "rewind":
     snapshot = _Snapshot(imp.rewind_epoch, os.path.join(workdir, "rewind.npz"))
-  model.fit(ds.train_from(first_epoch), epochs=config.epochs,
-            initial_epoch=first_epoch, steps_per_epoch=steps,
-            validation_data=ds.validation, shuffle=False,
-            verbose=config.verbose,
-            callbacks=[cb.EpochLog(history, folder, config.epochs), snapshot])
-  test = model.evaluate(ds.test, return_dict=True, verbose=0)
+  distribute.fit(
+      model, ds.train_from(first_epoch), epochs=config.epochs,
+      initial_epoch=first_epoch, steps_per_epoch=steps,
+      validation_data=ds.validation, shuffle=False, verbose=config.verbose,
+      callbacks=[cb.EpochLog(history, folder, config.epochs), snapshot])
+  test = distribute.evaluate(model, ds.test)
   _save_arrays(os.path.join(folder, "weights.npz"), model.get_weights())
   mask.save(os.path.join(folder, "mask.npz"))
   size = pruning.sparse_size(model)
   model.set_weights(snapshot.best_weights)
-  best_test = model.evaluate(ds.test, return_dict=True, verbose=0)
+  best_test = distribute.evaluate(model, ds.test)
   row = {
       "level": level, "reset": imp.reset, "strategy": imp.strategy,
       "seed": config.seed, "density": mask.density,
@@ -238,6 +243,8 @@ def run(config, workdir):
   _check_same_run(config, workdir)
   checkpoint.write_text(os.path.join(workdir, "config.json"),
                         config.to_json_best_effort(indent=2))
+  strategy = distribute.make(config)  # first: it may split the CPU
+  distribute.log_strategy(strategy)
   ds = data.load(
       config.dataset, config.data_dir, batch_size=config.batch_size,
       num_validation=config.num_validation, seed=config.seed,
@@ -252,7 +259,8 @@ def run(config, workdir):
         rows.append(json.load(f))
       logging.info("Level %d already finished; skipped.", level)
       continue
-    rows.append(_train_level(config, ds, steps, level, workdir))
+    with strategy.scope():  # the level's model, optimizer and masks
+      rows.append(_train_level(config, ds, steps, level, workdir))
     print(format_row(rows[-1]))
   checkpoint.write_json(os.path.join(workdir, "results.json"), rows)
   return rows

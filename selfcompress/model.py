@@ -200,7 +200,6 @@ _CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
 
 def _xla_pays_off(model):
   """Whether `jit_compile="auto"` turns XLA on for `model` (TensorFlow)."""
-  import tensorflow as tf  # device and determinism queries
   from tensorflow.python.framework import config as tf_config
   layers = list(model._flatten_layers())
   if not all(l.supports_jit for l in layers):
@@ -211,4 +210,3 @@ def _xla_pays_off(model):
   if on_cpu and tf.distribute.get_strategy().num_replicas_in_sync > 1:
     return False  # an XLA step cannot read replicas on other CPU devices
   return not (on_cpu and any(isinstance(l, _CONVOLUTIONS) for l in layers))
-

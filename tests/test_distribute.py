@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from selfcompress import config as config_lib
-from selfcompress import distribute, training
+from selfcompress import data, distribute, imp, pruning, training
 
 RUNNER = os.path.join(os.path.dirname(__file__), "distributed_run.py")
 SMALL = {"max_train_examples": 512, "batch_size": 64, "epochs": 3,
@@ -119,6 +119,34 @@ def test_mirrored_follows_one_device_and_sheds(tmp_path):
                             for d in ("shed", "one"))
   assert shed_model.count_params() < full_model.count_params() / 2
   assert shed["results"]["test_accuracy"] > 0.5
+
+
+def test_imp_under_mirrored_follows_one_device(tmp_path):
+  """IMP's levels (masks in variables, kept at zero by the constraint) run
+  under the config's strategy, as training does."""
+  base = {**SMALL, "tool": "imp", "method": "dense", "cpu_devices": 2,
+          "epochs": 2, "imp": {"levels": 2}}
+  (one, two), out = _run([[str(tmp_path / "one"), base],
+                          [str(tmp_path / "two"), {**base, "strategy": "mirrored"}]])
+  assert "MirroredStrategy with 2 replica(s)" in out
+  assert [r["weights_remaining"] for r in two["results"]] == \
+      [r["weights_remaining"] for r in one["results"]]
+  assert two["results"][-1]["density"] < 0.7
+  np.testing.assert_allclose(_trajectory(two["history"], "loss"),
+                             _trajectory(one["history"], "loss"), rtol=2e-3)
+  # The mirrored level's pruned weights stayed exactly zero.
+  config = config_lib.base()
+  config.update({k: v for k, v in base.items() if k not in ("tool", "imp")})
+  config.imp.levels = 2
+  ds = data.load(config.dataset, batch_size=config.batch_size,
+                 max_train_examples=config.max_train_examples)
+  model = imp.load_level(config, ds, str(tmp_path / "two"), 2)
+  mask, kernels = pruning.mask_of(model), pruning.kernels(model)
+  for path, keep in mask.items():
+    assert np.all(kernels[path][keep == 0] == 0), path
+  config.strategy = "multi_worker"
+  with pytest.raises(ValueError, match="IMP reads each level"):
+    imp.validate(config)
 
 
 def test_two_workers_agree_with_each_other_and_one_worker(tmp_path):
