@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from selfcompress import graph as graph_lib
+from selfcompress import kinds
 from selfcompress.layers import CompressedLayer
 
 FLOAT_BITS = 32
@@ -139,7 +140,7 @@ def account(model, states=None):
          "channels_total": int(out_alive.shape[0])}
     if layer in flow.fan_in:
       fi = ops.stop_gradient(flow.fan_in[layer])
-      full = graph_lib.kernel_fan_in(layer)
+      full = kinds.of(layer).full_fan_in(layer)
       n_out = int(out_alive.shape[0])
       bias = FLOAT_BITS if layer.bias is not None else 0
       t["fan_in"] = fi
@@ -161,7 +162,7 @@ def account(model, states=None):
       t["weight_bits"] = 0.0
       t["other_bits"] = 2 * FLOAT_BITS * ops.sum(out_alive)
       t["float_bits"] = 2 * FLOAT_BITS * t["channels_total"]
-    elif layer.weights:
+    elif getattr(layer, "weights", None):
       params = sum(int(np.prod(v.shape)) for v in layer.weights)
       t["weight_bits"] = 0.0
       t["other_bits"] = float(FLOAT_BITS * params)

@@ -6,17 +6,15 @@ import keras
 
 from selfcompress import compressors
 from selfcompress import layers as sc_layers
-from selfcompress.graph import ChannelGraph, functional_of
+from selfcompress import kinds
+from selfcompress import surgery
+from selfcompress.graph import ChannelGraph
+from selfcompress.layers.base import keras_parent
 from selfcompress.model import SelfCompressingModel
 
 # Keras layer class -> its self-compressing replacement. Exact types only: a
 # subclass may change `call` in ways the replacement would silently drop.
-REPLACEMENTS = {
-    keras.layers.Dense: sc_layers.Dense,
-    keras.layers.Conv1D: sc_layers.Conv1D,
-    keras.layers.Conv2D: sc_layers.Conv2D,
-    keras.layers.DepthwiseConv2D: sc_layers.DepthwiseConv2D,
-}
+REPLACEMENTS = {keras_parent(cls): cls for cls in sc_layers.ALL}
 
 
 def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
@@ -24,8 +22,9 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
              protect_outputs=True, **compressor_kwargs):
   """Returns a self-compressing copy of a Sequential or Functional model.
 
-  Every Dense, Conv1D, Conv2D and DepthwiseConv2D is replaced by its
-  `selfcompress.layers` counterpart with the same configuration and weights;
+  Every Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose and DepthwiseConv1D/2D
+  (nested models' too) is replaced by its `selfcompress.layers` counterpart
+  with the same configuration and weights;
   the compression parameters are initialised from the weights (so the first
   forward pass equals the original up to the quantization grid). Layers with
   weights that cannot be compressed stay as they are and are listed in a
@@ -65,30 +64,24 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
       raise ValueError(f"per_layer names layers that are not in the model: "
                        f"{unknown}. Layers: {sorted(known)}")
 
-  pairs, skipped = [], []
+  skipped = []
 
   def clone(layer):
-    if isinstance(layer, keras.Model):
-      new = keras.models.clone_model(layer, clone_function=clone)
-      pairs.append((layer, new))
-      return new
     replacement = REPLACEMENTS.get(type(layer))
     identifier = choose(layer)
-    if replacement is None or identifier is None or not _supported(layer):
+    kind = kinds.of(layer)
+    if replacement is None or identifier is None or kind.unsupported(layer):
       if layer.weights and not isinstance(layer, _NO_COMPRESSION_NEEDED):
         skipped.append(f"{layer.name} ({type(layer).__name__})")
-      new = layer.__class__.from_config(layer.get_config())
-    else:
-      kwargs = dict(compressor_kwargs)
-      kwargs["min_channels"] = (_channels(layer) if protect_outputs
-                                and layer.name in protected else min_channels)
-      config = layer.get_config()
-      config["compressor"] = compressors.get(identifier, **kwargs)
-      new = replacement.from_config(config)
-    pairs.append((layer, new))
-    return new
+      return surgery.same_layer(layer)
+    kwargs = dict(compressor_kwargs)
+    kwargs["min_channels"] = (kind.channels(layer) if protect_outputs
+                              and layer.name in protected else min_channels)
+    config = layer.get_config()
+    config["compressor"] = compressors.get(identifier, **kwargs)
+    return replacement.from_config(config)
 
-  cloned = keras.models.clone_model(model, clone_function=clone)
+  cloned, pairs = surgery.rebuild(model, clone)
   _warn_gates_before_batchnorm(pairs)
   for old, new in pairs:
     _copy_weights(old, new)
@@ -96,10 +89,10 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
     warnings.warn(
         "compress() left these layers uncompressed (no self-compressing "
         f"version, or excluded by per_layer): {', '.join(skipped)}. They are "
-        "counted at float32 in the size report.", stacklevel=2)
-  graph = functional_of(cloned)
+        "counted at float32 in the size report and kept whole by shed() and "
+        "export().", stacklevel=2)
   return SelfCompressingModel(
-      inputs=graph.input, outputs=graph.output, name=model.name,
+      inputs=cloned.input, outputs=cloned.output, name=model.name,
       gamma=gamma, target_kb=target_kb, target_rate=target_rate)
 
 
@@ -142,34 +135,19 @@ _NO_COMPRESSION_NEEDED = (keras.layers.BatchNormalization,
                           keras.layers.Normalization)
 
 
-def _supported(layer):
-  if getattr(layer, "data_format", "channels_last") != "channels_last":
-    return False
-  if getattr(layer, "lora_enabled", False):
-    return False
-  return getattr(layer, "quantization_mode", None) is None
-
-
-def _channels(layer):
-  if isinstance(layer, keras.layers.Dense):
-    return layer.units
-  if isinstance(layer, keras.layers.DepthwiseConv2D):
-    return layer.kernel.shape[2] * layer.depth_multiplier
-  return layer.filters
-
-
 def _all_layers(model):
-  return list(model._flatten_layers(include_self=False))
+  return surgery.layers(model)
 
 
 def _copy_weights(old, new):
-  if isinstance(old, keras.Model):
+  if new is old:
     return
   if isinstance(new, sc_layers.CompressedLayer):
-    by_name = {v.name: v for v in old.weights}
-    new.kernel_variable.assign(by_name["kernel"])
+    kind = new.kind
+    new.kernel_variable.assign(kind.kernel(old))
     if new.bias is not None:
-      new.bias.assign(by_name["bias"])
+      new.bias.assign(old.bias)
     new.compressor.initialize(new.kernel_variable)
-  elif old.weights:
-    new.set_weights(old.get_weights())
+  else:
+    for var, source in surgery.weight_pairs(old, new):
+      var.assign(source)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf  # the SavedModel format
 from keras import ops
 
-from selfcompress import accounting, packing, shedding
+from selfcompress import accounting, packing, shedding, surgery
 from selfcompress.layers import CompressedLayer
 from selfcompress.layers.base import keras_parent
 
@@ -52,9 +52,11 @@ class _Serving:
     return self.stored_kernel() if decoded is None else decoded.read()
 
   def call(self, inputs, training=None):
-    outputs = self._output_with(inputs, self.serving_kernel())
+    kernel = ops.cast(self.serving_kernel(), self.compute_dtype)
+    outputs = self.kind.linear(self, inputs, kernel)
     if self._bias is not None:
-      outputs = ops.add(outputs, self._bias)
+      outputs = self.kind.add_bias(
+          self, outputs, ops.cast(self._bias, self.compute_dtype))
     if self.activation is not None:
       outputs = self.activation(outputs)
     return outputs
@@ -94,7 +96,29 @@ class _Packed(_Serving):
     rows.append(ops.zeros((1, per), "int32"))  # dead channels
     table = ops.take(ops.concatenate(rows, axis=0), self._order, axis=0)
     kernel_t = ops.cast(table, "float32") * ops.expand_dims(self._scale, 1)
-    return ops.reshape(ops.transpose(kernel_t), self._kernel_shape)
+    return _unflatten(self, ops.transpose(kernel_t))
+
+
+def _flatten(source, layer, kernel):
+  """`kernel` (numpy) of the compressed layer `source` as `(weights per
+  channel, channels)`; its serving twin `layer` learns how to undo it. The
+  channel axes (where the kind's per-channel shape is not 1) go last."""
+  param_shape = source.kind.param_shape(source)
+  channel_axes = [i for i, d in enumerate(param_shape) if d != 1]
+  perm = [i for i in range(kernel.ndim) if i not in channel_axes] + channel_axes
+  moved = np.transpose(kernel, perm)
+  layer._kernel_shape = kernel.shape
+  layer._moved_shape = moved.shape
+  layer._inverse = None if perm == sorted(perm) else list(np.argsort(perm))
+  return moved.reshape(-1, source.compressor.num_channels)
+
+
+def _unflatten(layer, flat):
+  """The kernel from its `(weights per channel, channels)` layout."""
+  kernel = ops.reshape(flat, layer._moved_shape)
+  if layer._inverse is not None:
+    kernel = ops.transpose(kernel, layer._inverse)
+  return kernel
 
 
 def _packed_class(layer):
@@ -114,19 +138,16 @@ def _pack_layer(layer):
   alive = np.asarray(state.alive) > 0
   # The scale includes any gate folded into it (0 where a gate is closed).
   scale = np.asarray(c.scale())
-  kernel_shape = q.shape
-  flat_shape = kernel_shape if not isinstance(layer, keras.layers.DepthwiseConv2D) \
-      else kernel_shape[:2] + (kernel_shape[2] * kernel_shape[3],)
-  codes = np.rint(q.reshape(flat_shape) / np.where(alive, scale, 1.0)).astype(np.int64)
+  config = layer.get_config()
+  new = _packed_class(layer).from_config(config)
+  flat = _flatten(layer, new, q)
+  codes = np.rint(flat / np.where(alive, scale, 1.0)).astype(np.int64)
   codes[..., ~alive] = 0
   bits[~alive] = 0
   packed = packing.pack(codes, bits)
   bias = None
   if layer.bias is not None:
     bias = np.asarray(layer.bias) * alive
-  config = layer.get_config()
-  new = _packed_class(layer).from_config(config)
-  new._kernel_shape = kernel_shape
   new.set_packed(packed, scale, bias)
   return new, packed
 
@@ -135,9 +156,8 @@ class _Float(_Serving):
   """Mixin: a compressed layer serving its alive channels' effective kernel
   (gates folded in) as float32; dead channels are zero columns, not stored."""
 
-  def set_float(self, kernel, alive, bias):
-    self._kernel_shape = kernel.shape
-    columns = np.ascontiguousarray(kernel.reshape(-1, alive.size)[:, alive])
+  def set_float(self, source, kernel, alive, bias):
+    columns = np.ascontiguousarray(_flatten(source, self, kernel)[:, alive])
     order = np.full(alive.size, columns.shape[1], "int32")
     order[alive] = np.arange(columns.shape[1])
     self._columns = _constant(self, "kernel_alive", columns, "float32")
@@ -150,7 +170,7 @@ class _Float(_Serving):
     columns = ops.convert_to_tensor(self._columns)
     table = ops.concatenate(
         [columns, ops.zeros((columns.shape[0], 1), "float32")], axis=1)
-    return ops.reshape(ops.take(table, self._order, axis=1), self._kernel_shape)
+    return _unflatten(self, ops.take(table, self._order, axis=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +203,7 @@ def _float_layer(layer):
   cls = type(layer)
   new = type("Float" + cls.__name__, (_Float, cls), {}).from_config(
       layer.get_config())
-  weights = new.set_float(np.asarray(kernel), alive,
+  weights = new.set_float(layer, np.asarray(kernel), alive,
                           None if bias is None else np.asarray(bias))
   return new, weights
 
@@ -200,9 +220,9 @@ def float_model(model):
   def twin(layer):
     if isinstance(layer, CompressedLayer):
       return _float_twin(layer)
-    return shedding.copy_layer(layer)
+    return surgery.same_layer(layer)
 
-  twin_model, made = shedding.rebuild(model, twin)
+  twin_model, made = surgery.rebuild(model, twin)
   _copy_weights(made)
   for old, new in made:
     if isinstance(old, CompressedLayer):
@@ -222,9 +242,9 @@ def serving_models(model):
       new, packed = _pack_layer(layer)
       packs.append(packed)
       return new
-    return shedding.copy_layer(layer)
+    return surgery.same_layer(layer)
 
-  compact_model, made = shedding.rebuild(small, compact)
+  compact_model, made = surgery.rebuild(small, compact)
   _copy_weights(made)
   return compact_model, float_model(model), packs
 
@@ -233,8 +253,9 @@ def _copy_weights(made):
   """Copies the weights of every layer that is not a compressed one (those
   get packed or float twins with weights of their own)."""
   for old, new in made:
-    if not isinstance(old, CompressedLayer) and old.weights:
-      new.set_weights(old.get_weights())
+    if not isinstance(old, CompressedLayer) and new is not old:
+      for var, source in surgery.weight_pairs(old, new):
+        var.assign(source)
 
 
 def export(model, path, format="saved_model", overwrite=False,
@@ -267,8 +288,7 @@ def export(model, path, format="saved_model", overwrite=False,
   if litert_weights != "float32" and format != "tflite":
     raise ValueError("litert_weights applies to format='tflite' only; the "
                      "SavedModel stores the packed integer codes.")
-  layers = list(model._flatten_layers(include_self=False))
-  if not any(isinstance(l, CompressedLayer) for l in layers):
+  if not any(isinstance(l, CompressedLayer) for l in surgery.layers(model)):
     raise ValueError(
         f"Model {model.name!r} has no self-compressing layers, so there is "
         "nothing to pack. Convert it with selfcompress.compress() and train "
@@ -343,7 +363,7 @@ def _write_saved_model(model, path):
   """A SavedModel with one `serving_default` signature. A plain tf.Module
   holding each variable once: Keras' ExportArchive tracks two lists of the
   same variables and the checkpoint stores both."""
-  spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=n)
+  spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n)
           for t, n in zip(model.inputs, _input_names(model))]
   twins = [l for l in model._flatten_layers(include_self=False)
             if isinstance(l, _Serving)]
@@ -375,7 +395,7 @@ def _input_names(model):
   """`inputs` for a single-input model, else the model's input names."""
   if len(model.inputs) == 1:
     return ["inputs"]
-  return [t.name.split(":")[0].replace("/", "_") or f"input_{i}"
+  return [surgery.input_name(t).replace("/", "_") or f"input_{i}"
           for i, t in enumerate(model.inputs)]
 
 

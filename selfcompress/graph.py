@@ -13,66 +13,45 @@ the compiled train step for the size penalty.
 """
 
 import dataclasses
-import math
 import weakref
 
 import keras
 from keras import ops
 
+from selfcompress import kinds
+from selfcompress import surgery
+
 L = keras.layers
 
-# Layers whose output channel c depends only on input channel c.
-_PASSTHROUGH = (
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
-    L.ActivityRegularization, L.Identity, L.ReLU, L.LeakyReLU, L.ELU, L.PReLU,
+# Layers whose output channel c depends only on input channel c, whatever
+# the channel axis.
+_ELEMENTWISE_LAYERS = (
+    L.Dropout, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
+    L.ActivityRegularization, L.Identity, L.ReLU, L.LeakyReLU, L.ELU,
+    L.Rescaling,
+)
+# The same, on the channel axis their `data_format` (or `axis`) names.
+_PER_CHANNEL_LAYERS = (
+    L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.PReLU,
     L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
     L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
     L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
     L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
     L.GlobalAveragePooling3D, L.ZeroPadding1D, L.ZeroPadding2D,
     L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Rescaling,
-    L.BatchNormalization,
+    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.BatchNormalization,
 )
 # Merges where a channel is dead only if it is dead in every input.
 _MERGE_OR = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 _CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
-# Layers with weights whose per-output fan-in we know (ours subclass these).
-WEIGHTED = (L.Dense, L.Conv1D, L.Conv2D, L.DepthwiseConv2D)
-
-
-def fan_in(layer, in_alive):
-  """Alive weights feeding each output channel of a weighted layer.
-
-  Args:
-    layer: a Dense, Conv1D, Conv2D or DepthwiseConv2D (plain or compressed).
-    in_alive: 0/1 vector over the layer's input channels.
-
-  Returns:
-    A float vector over output channels.
-  """
-  if isinstance(layer, L.DepthwiseConv2D):
-    area = math.prod(layer.kernel_size)
-    return ops.repeat(in_alive, layer.depth_multiplier) * area
-  if isinstance(layer, (L.Conv1D, L.Conv2D)):
-    area = math.prod(layer.kernel_size)
-    groups = layer.groups
-    per_group = ops.sum(ops.reshape(in_alive, (groups, -1)), axis=1)
-    return ops.repeat(per_group, layer.filters // groups) * area
-  if isinstance(layer, L.Dense):
-    return ops.broadcast_to(ops.sum(in_alive), (layer.units,))
-  raise TypeError(f"No fan-in rule for {type(layer).__name__}.")
-
-
-def kernel_fan_in(layer):
-  """Weights per output channel of a weighted layer when all inputs live."""
-  kernel = (layer.kernel_variable if hasattr(layer, "kernel_variable")
-            else layer.kernel)
-  shape = tuple(kernel.shape)
-  if isinstance(layer, L.DepthwiseConv2D):
-    return math.prod(shape[:2])
-  return math.prod(shape[:-1])
+# Op nodes (keras.ops on KerasTensors), by class name: elementwise ones...
+_ELEMENTWISE_OPS = {
+    "Relu", "Relu6", "Sigmoid", "Tanh", "Elu", "Selu", "Gelu", "Silu",
+    "LeakyRelu", "HardSigmoid", "HardSilu", "Softplus", "Softsign", "Mish",
+    "Abs", "Absolute", "Square", "Sqrt", "Exp", "Negative", "Erf", "Cast",
+}
+# ...and merges.
+_MERGE_OPS = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
 
 
 @dataclasses.dataclass
@@ -85,6 +64,9 @@ class Step:
   out_channels: list
   in_shapes: list
   padded: bool = False       # reads padding: dead non-zero inputs count
+  kind: object = None        # the `selfcompress.kinds.Kind` of a weighted layer
+  foreign: bool = False      # reads its input on another axis: keep it whole
+  flatten: str = "tile"      # how a flatten orders channels: tile or repeat
 
 
 @dataclasses.dataclass
@@ -102,6 +84,9 @@ class ChannelGraph:
 
   Build it with `ChannelGraph.of(model)` (cached per model). `propagate()`
   returns which channels are alive everywhere, given the compressors' state.
+  Nested models are walked into and op nodes are steps like layers. Every
+  tensor has a channel axis: the last one, or axis 1 after a
+  `channels_first` layer.
   """
 
   def __init__(self, model):
@@ -109,16 +94,21 @@ class ChannelGraph:
     self.steps = []
     self.unknown = []
     self.tensors = {}  # key -> KerasTensor
-    self.nested = False
-    functional = functional_of(model)
+    self.axes = {}     # key -> channel axis (non-negative)
+    functional = surgery.functional_of(model)
     self.input_keys = [id(t) for t in functional.inputs]
-    self.input_channels = [_channels(t) for t in functional.inputs]
-    self.output_keys = [id(t) for t in functional.outputs]
-    self.tensors.update({id(t): t for t in functional.inputs})
-    self._add(functional, {k: k for k in self.input_keys})
+    for t in functional.inputs:
+      self.tensors[id(t)] = t
+      self.axes[id(t)] = max(len(t.shape) - 1, 0)
+    self.input_channels = [_channels(t, self.axes[id(t)])
+                           for t in functional.inputs]
+    outputs, _ = surgery.walk(model, self.input_keys, self._step)
+    self.output_keys = list(outputs)
+    self.nested = any(surgery.is_graph_model(l) for l in
+                      model._flatten_layers(include_self=False))
     self.layers = []
     for step in self.steps:
-      if step.layer not in self.layers:
+      if surgery.is_layer(step.layer) and step.layer not in self.layers:
         self.layers.append(step.layer)
 
   _cache = weakref.WeakKeyDictionary()
@@ -130,34 +120,21 @@ class ChannelGraph:
       graph = cls._cache[model] = cls(model)
     return graph
 
-  def _add(self, functional, key_map):
-    depths = sorted(functional._nodes_by_depth, reverse=True)
-    for depth in depths:
-      for node in functional._nodes_by_depth[depth]:
-        if node.is_input or node.operation is None:
-          continue
-        op = node.operation
-        inputs = [key_map.get(id(t), id(t)) for t in node.input_tensors]
-        outputs = [id(t) for t in node.outputs]
-        for t in list(node.input_tensors) + list(node.outputs):
-          self.tensors.setdefault(id(t), t)
-        if isinstance(op, keras.Model) and _is_graph_model(op):
-          self.nested = True
-          inner = functional_of(op)
-          inner_map = {id(t): k for t, k in zip(inner.inputs, inputs)}
-          self._add(inner, inner_map)
-          for t, inner_out in zip(node.outputs, inner.outputs):
-            key_map[id(t)] = inner_map.get(id(inner_out), id(inner_out))
-          continue
-        self.steps.append(Step(
-            layer=op, inputs=inputs, outputs=outputs, rule=_rule(op, node),
-            out_channels=[_channels(t) for t in node.outputs],
-            in_shapes=[tuple(t.shape) for t in node.input_tensors],
-            padded=_reads_padding(op)))
-        if self.steps[-1].rule == "unknown":
-          self.unknown.append(op)
-        for k in outputs:
-          key_map[k] = k
+  def _step(self, node, op, ins, args, kwargs):
+    outs = [id(t) for t in node.outputs]
+    in_axes = [self.axes[k] for k in ins]
+    rule, axis, extra = _rule(op, node, in_axes)
+    for t, k in zip(node.outputs, outs):
+      self.tensors[k] = t
+      self.axes[k] = axis if len(t.shape) > axis else max(len(t.shape) - 1, 0)
+    self.steps.append(Step(
+        layer=op, inputs=list(ins), outputs=outs, rule=rule,
+        out_channels=[_channels(t, self.axes[k])
+                      for t, k in zip(node.outputs, outs)],
+        in_shapes=[tuple(t.shape) for t in node.input_tensors], **extra))
+    if rule == "unknown" and surgery.is_layer(op):
+      self.unknown.append(op)
+    return outs
 
   def propagate(self, states=None):
     """Liveness of every channel, from the compressors' current state (or
@@ -180,9 +157,13 @@ class ChannelGraph:
       cs = [consts[k] for k in step.inputs]
       layer = step.layer
       if step.rule == "weighted":
+        kind = step.kind
+        if step.foreign:  # reads the tensor on another axis: all of it
+          n = step.in_shapes[0][kind.axis(layer, len(step.in_shapes[0]))]
+          ins, cs = [ops.ones((n,))], [ops.zeros((n,))]
         nonzero = _dead_nonzero(ins[0], cs[0])
         seen = ops.maximum(ins[0], nonzero) if step.padded else ins[0]
-        fi = fan_in(layer, seen)
+        fi = kind.fan_in(layer, seen)
         out = ops.cast(ops.greater(fi, 0.0), "float32")
         compressor = getattr(layer, "compressor", None)
         bias = layer.bias
@@ -195,10 +176,10 @@ class ChannelGraph:
         flow.fan_in[layer] = _merge(flow.fan_in.get(layer), fi)
         outs = [out]
         const = ops.zeros((out.shape[0],)) if bias is None else \
-            ops.convert_to_tensor(bias)
+            ops.cast(bias, "float32")
         const = _apply(layer.activation, const)
         if not step.padded:  # dead non-zero inputs shift the constant
-          shifted = ops.greater(fan_in(layer, nonzero), 0.0)
+          shifted = ops.greater(kind.fan_in(layer, nonzero), 0.0)
           const = ops.where(shifted, float("nan"), const)
         out_consts = [const]
       elif step.rule == "passthrough":
@@ -206,8 +187,11 @@ class ChannelGraph:
                 if step.padded else ins[0]]
         out_consts = [_constant_through(layer, cs[0])]
       elif step.rule == "flatten":
-        reps = [math.prod(step.in_shapes[0][1:-1])]
-        outs, out_consts = [ops.tile(ins[0], reps)], [ops.tile(cs[0], reps)]
+        reps = step.out_channels[0] // step.in_shapes[0][self.axes[
+            step.inputs[0]]]
+        spread = ops.tile if step.flatten == "tile" else \
+            (lambda v, r: ops.repeat(v, r[0]))
+        outs, out_consts = [spread(ins[0], [reps])], [spread(cs[0], [reps])]
       elif step.rule == "merge_or":
         outs = [_or(ins, step.out_channels[0])]
         out_consts = [_merge_constants(layer, cs, step.out_channels[0])]
@@ -216,7 +200,7 @@ class ChannelGraph:
         out_consts = [ops.concatenate(cs, axis=0)]
       else:
         outs = [ops.ones((c,)) for c in step.out_channels]
-        out_consts = [ops.zeros((c,)) for c in step.out_channels]
+        out_consts = [ops.full((c,), float("nan")) for c in step.out_channels]
       if step.rule != "weighted":
         flow.in_alive[layer] = _merge(flow.in_alive.get(layer), ins[0]) \
             if ins else None
@@ -247,27 +231,13 @@ class ChannelGraph:
 
 def functional_of(model):
   """The Functional graph of a Functional or built Sequential model."""
-  if isinstance(model, keras.Sequential):
-    if getattr(model, "_functional", None) is None:
-      raise ValueError(
-          f"Sequential model {model.name!r} has no input shape yet. Start it "
-          "with `keras.Input(shape=...)` or call `model.build(input_shape)`.")
-    return model._functional
-  if not hasattr(model, "_nodes_by_depth"):
-    raise ValueError(
-        f"Model {model.name!r} is a subclassed model; selfcompress needs a "
-        "Functional or Sequential model whose graph it can read.")
-  return model
+  return surgery.functional_of(model)
 
 
-def _is_graph_model(model):
-  return isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
-
-
-def _channels(tensor):
+def _channels(tensor, axis):
   if not tensor.shape:
     return 1
-  c = tensor.shape[-1]
+  c = tensor.shape[axis]
   if c is None:
     raise ValueError(
         f"Tensor {tensor.name!r} has an unknown channel dimension "
@@ -275,54 +245,92 @@ def _channels(tensor):
   return int(c)
 
 
-def _rule(op, node):
-  if isinstance(op, WEIGHTED):
-    if getattr(op, "data_format", "channels_last") != "channels_last":
-      return "unknown"
-    return "weighted"
-  if isinstance(op, L.BatchNormalization):
-    return "passthrough" if op.axis in (-1, [-1], len(node.outputs[0].shape) - 1) \
-        else "unknown"
+def _rule(op, node, in_axes):
+  """`(rule, output channel axis, extra Step fields)` for one node."""
+  outs = node.outputs
+  rank = len(outs[0].shape) if outs else 0
+  last = max(rank - 1, 0)
+  unknown = ("unknown", last, {})
+  ranks = [len(t.shape) for t in node.input_tensors]
+  if not in_axes:
+    return unknown
+  axis, in_rank = in_axes[0], ranks[0]
+  kind = kinds.of(op)
+  if kind is not None and not kind.unsupported(op) and len(outs) == 1:
+    expected = kind.axis(op, in_rank)
+    return "weighted", kind.axis(op, rank), {
+        "kind": kind, "padded": kind.reads_padding(op),
+        "foreign": expected != axis}
   if isinstance(op, L.Activation):
     name = getattr(op.activation, "__name__", "")
-    return "unknown" if name in _CHANNEL_MIXING_ACTIVATIONS else "passthrough"
-  if isinstance(op, _PASSTHROUGH):
-    fmt = getattr(op, "data_format", "channels_last")
-    return "passthrough" if fmt == "channels_last" else "unknown"
+    return unknown if name in _CHANNEL_MIXING_ACTIVATIONS else \
+        ("passthrough", axis, {})
+  if isinstance(op, _ELEMENTWISE_LAYERS) or (
+      not surgery.is_layer(op) and type(op).__name__ in _ELEMENTWISE_OPS
+      and len(node.input_tensors) == 1 and rank == in_rank):
+    return "passthrough", axis, {}
+  if isinstance(op, _PER_CHANNEL_LAYERS):
+    if _layer_axis(op, in_rank) != axis:
+      return unknown
+    out_axis = axis if rank == in_rank else last  # global pooling: rank 2
+    padded = isinstance(op, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D))
+    return "passthrough", out_axis, {"padded": padded}
   if isinstance(op, L.Flatten):
-    fmt = getattr(op, "data_format", "channels_last")
-    return "flatten" if fmt == "channels_last" else "unknown"
+    return _flatten_rule(op, axis, in_rank)
   if isinstance(op, L.Reshape):
-    in_shape = node.input_tensors[0].shape
-    out_shape = node.outputs[0].shape
+    in_shape, out_shape = node.input_tensors[0].shape, outs[0].shape
+    if axis != in_rank - 1:
+      return unknown
     if out_shape[-1] == in_shape[-1]:
-      return "passthrough"
+      return "passthrough", last, {}
     if len(out_shape) == 2:
-      return "flatten"
-    return "unknown"
-  if isinstance(op, _MERGE_OR):
-    return "merge_or"
-  if isinstance(op, L.Concatenate):
-    rank = len(node.outputs[0].shape)
-    return "concat" if op.axis in (-1, rank - 1) else "merge_or"
+      return "flatten", 1, {}
+    return unknown
+  is_merge = isinstance(op, _MERGE_OR) or (
+      not surgery.is_layer(op) and type(op).__name__ in _MERGE_OPS)
+  from_end = {r - a for r, a in zip(ranks, in_axes)}
+  if is_merge:
+    if len(from_end) != 1:
+      return unknown
+    return "merge_or", rank - from_end.pop(), {}
+  if type(op).__name__ == "Concatenate":  # the layer or the op
+    if len(from_end) != 1 or len(set(ranks)) != 1:
+      return unknown
+    out_axis = rank - from_end.pop()
+    concat_axis = op.axis % rank
+    return ("concat" if concat_axis == out_axis else "merge_or"), out_axis, {}
   if isinstance(op, L.InputLayer):
-    return "passthrough"
-  name = type(op).__name__
-  if name in ("Relu", "Relu6", "Sigmoid", "Tanh", "Elu", "Selu", "Gelu",
-              "Silu", "LeakyRelu", "HardSigmoid", "HardSilu", "Softplus"):
-    return "passthrough"
-  if name in ("Add", "Subtract", "Multiply", "Maximum", "Minimum"):
-    return "merge_or"
-  return "unknown"
+    return "passthrough", axis, {}
+  return unknown
 
 
-def _reads_padding(op):
-  """Whether the layer sees zero padding where its input has a constant."""
-  if isinstance(op, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)):
-    return True
-  if isinstance(op, WEIGHTED) and not isinstance(op, L.Dense):
-    return op.padding in ("same", "causal") and math.prod(op.kernel_size) > 1
-  return False
+def _layer_axis(op, rank):
+  """The channel axis a per-channel layer works on, for an input of `rank`."""
+  if isinstance(op, L.BatchNormalization):
+    return op.axis % rank
+  if isinstance(op, L.PReLU):
+    shared = {a % rank for a in (op.shared_axes or ())}
+    # alpha varies along every non-shared axis; only a per-channel alpha
+    # (all spatial axes shared) keeps channels independent of position.
+    return rank - 1 if shared >= set(range(1, rank - 1)) else -1
+  if getattr(op, "data_format", "channels_last") == "channels_first":
+    return 1
+  return rank - 1
+
+
+def _flatten_rule(op, axis, rank):
+  """Flatten puts channel `c` at positions `p * C + c` (tile) or
+  `c * P + p` (repeat), depending on where the channel axis is and whether
+  the layer first moves axis 1 last (`channels_first`)."""
+  moves = getattr(op, "data_format", "channels_last") == "channels_first" \
+      and rank > 2
+  if axis == rank - 1 and (not moves or rank == 3):
+    return "flatten", 1, {"flatten": "repeat" if moves else "tile"}
+  if axis == 1 and rank > 2:
+    return "flatten", 1, {"flatten": "tile" if moves else "repeat"}
+  if rank == 2:
+    return "passthrough", 1, {}
+  return "unknown", 1, {}
 
 
 def _dead_nonzero(alive, const):
@@ -354,11 +362,17 @@ def _constant_through(layer, c):
     return ops.reshape(layer(ops.reshape(c, (1, -1))), (-1,))
   if isinstance(layer, L.PReLU):
     return ops.where(ops.greater_equal(c, 0.0), c, float("nan"))
+  if not surgery.is_layer(layer):  # an elementwise op node
+    return ops.reshape(ops.cast(layer(ops.reshape(c, (1, -1))), "float32"),
+                       (-1,))
   return c  # pooling, dropout, padding, cropping, upsampling: unchanged
 
 
 def _merge_constants(layer, consts, channels):
   name = type(layer).__name__
+  if len(consts) == 1 and not surgery.is_layer(layer):
+    # `x + 1.0` and the like: the other operand is not a tensor we track.
+    return ops.full((channels,), float("nan"))
   out = consts[0]
   for c in consts[1:]:
     if name in ("Add", "Average"):

@@ -6,6 +6,7 @@ from absl import logging
 
 from selfcompress import distribute
 from selfcompress import graph as graph_lib
+from selfcompress import kinds
 from selfcompress import shedding
 
 
@@ -76,8 +77,7 @@ def _shed(model, epoch, min_reduction):
 def _alive_summary(model):
   parts = []
   for layer in graph_lib.ChannelGraph.of(model).layers:
-    if isinstance(layer, graph_lib.WEIGHTED):
-      units = getattr(layer, "units", None) or getattr(layer, "filters", None)
-      if units:
-        parts.append(f"{layer.name}: {units}")
+    kind = kinds.of(layer)
+    if kind is not None:
+      parts.append(f"{layer.name}: {kind.channels(layer)}")
   return ", ".join(parts)

@@ -20,6 +20,8 @@ import numpy as np
 from keras import ops
 
 from selfcompress import graph as graph_lib
+from selfcompress import kinds
+from selfcompress import surgery
 from selfcompress.layers import CompressedLayer
 
 L = keras.layers
@@ -36,10 +38,6 @@ class Plan:
 def plan(model):
   """Decides which channels of `model` can go; see the module docstring."""
   g = graph_lib.ChannelGraph.of(model)
-  if g.nested:
-    raise ValueError(
-        "shed() does not support nested models yet: build the model as one "
-        "flat Functional or Sequential model.")
   flow = g.propagate()
   kept = {k: np.asarray(v) > 0 for k, v in flow.tensors.items()}
   for k in g.input_keys + g.output_keys:
@@ -50,26 +48,36 @@ def plan(model):
     values = values or _probe(model, g)
     fold, grown = {}, False
     for step in g.steps:
-      if step.rule != "weighted":
+      if step.rule != "weighted" or step.foreign:
         continue
       key = step.inputs[0]
-      x = values[key] * ~kept[key]
+      axis = g.axes[key]
+      dropped = _along(~kept[key], axis, values[key].ndim)
+      x = values[key] * dropped
       if not np.any(x):
         continue
-      contrib = np.asarray(_linear(step.layer, x))
-      spatial = tuple(range(1, contrib.ndim - 1))
-      mean = contrib.mean(axis=spatial) if spatial else contrib
-      if np.abs(contrib - mean.reshape(mean.shape[:1] + (1,) * len(spatial)
-                                       + mean.shape[-1:])).max() > \
-          1e-6 * (1.0 + np.abs(contrib).max()):
+      layer = step.layer
+      contrib = np.asarray(step.kind.linear(layer, x, _kernel(layer)))
+      out_axis = step.kind.axis(layer, contrib.ndim)
+      others = tuple(i for i in range(1, contrib.ndim) if i != out_axis)
+      mean = contrib.mean(axis=others, keepdims=True)
+      if np.abs(contrib - mean).max() > 1e-6 * (1.0 + np.abs(contrib).max()):
         # Not a constant per channel: keep the channels that cause it.
-        nonzero = np.any(x != 0, axis=tuple(range(x.ndim - 1)))
+        nonzero = np.any(np.moveaxis(x, axis, -1) != 0,
+                         axis=tuple(range(x.ndim - 1)))
         kept[key] = kept[key] | nonzero
         grown = True
       else:
-        fold[step.layer] = mean.reshape(-1)
+        fold[layer] = mean.reshape(-1)
     if not grown:
       return Plan(kept, fold)
+
+
+def _along(mask, axis, rank):
+  """A channel mask shaped to broadcast along `axis` of a rank-`rank` array."""
+  shape = [1] * rank
+  shape[axis] = mask.size
+  return mask.reshape(shape)
 
 
 def _close(g, kept):
@@ -80,7 +88,7 @@ def _close(g, kept):
     for step in g.steps:
       ins, outs = step.inputs, step.outputs
       new = {}
-      if step.rule == "passthrough" or step.rule == "merge_or":
+      if step.rule in ("passthrough", "merge_or"):
         wide = [k for k in ins + outs if kept[k].size == kept[outs[0]].size]
         both = np.logical_or.reduce([kept[k] for k in wide])
         new = {k: both for k in wide}
@@ -94,17 +102,23 @@ def _close(g, kept):
           offset += n
       elif step.rule == "flatten":
         c = kept[ins[0]].size
-        per_channel = kept[outs[0]].reshape(-1, c).any(axis=0) | kept[ins[0]]
-        new = {ins[0]: per_channel,
-               outs[0]: np.tile(per_channel, kept[outs[0]].size // c)}
+        out = kept[outs[0]]
+        if step.flatten == "tile":
+          per_channel = out.reshape(-1, c).any(axis=0) | kept[ins[0]]
+          spread = np.tile(per_channel, out.size // c)
+        else:
+          per_channel = out.reshape(c, -1).any(axis=1) | kept[ins[0]]
+          spread = np.repeat(per_channel, out.size // c)
+        new = {ins[0]: per_channel, outs[0]: spread}
       elif step.rule == "weighted":
-        layer = step.layer
-        if isinstance(layer, L.DepthwiseConv2D):
-          m = layer.depth_multiplier
-          c_in = kept[ins[0]] | kept[outs[0]].reshape(-1, m).any(axis=1)
-          new = {ins[0]: c_in, outs[0]: np.repeat(c_in, m)}
-        elif getattr(layer, "groups", 1) > 1:
-          new = {k: np.ones_like(kept[k]) for k in ins + outs}
+        if step.foreign:  # reads the tensor on another axis: all of it
+          shape = step.in_shapes[0]
+          every = np.ones(shape[step.kind.axis(step.layer, len(shape))], bool)
+          new[ins[0]] = np.ones_like(kept[ins[0]])
+          new[outs[0]] = step.kind.tie(step.layer, every, kept[outs[0]])[1]
+        else:
+          new[ins[0]], new[outs[0]] = step.kind.tie(
+              step.layer, kept[ins[0]], kept[outs[0]])
       else:  # unknown: cannot say which channels it needs
         new = {k: np.ones_like(kept[k]) for k in ins + outs}
       for k, v in new.items():
@@ -116,36 +130,20 @@ def _close(g, kept):
 def _probe(model, g):
   """Each tensor's value in inference mode for one all-zero input; dead
   channels are constant, so this is their value for any input."""
-  keys = list(g.tensors)
   functional = graph_lib.functional_of(model)
-  probe = keras.Model(functional.inputs, [g.tensors[k] for k in keys])
-  zeros = [np.zeros((1,) + tuple(t.shape[1:]), "float32")
+  zeros = [np.zeros((1,) + tuple(t.shape[1:]), t.dtype)
            for t in functional.inputs]
-  outs = probe(zeros, training=False)
-  return {k: np.asarray(v) for k, v in zip(keys, outs)}
+  values = surgery.evaluate(model, zeros)
+  return {k: np.asarray(values[k]).astype("float32") for k in g.tensors
+          if k in values}
 
 
 def _kernel(layer):
+  """The kernel a weighted layer computes with (quantized and gated)."""
+  kernel = kinds.of(layer).kernel(layer)
   if isinstance(layer, CompressedLayer):
-    return layer.compressor.apply(layer.kernel_variable, None)[0]
-  return layer.kernel
-
-
-def _linear(layer, x):
-  """The layer's linear map (no bias, no activation) applied to `x`."""
-  kernel = _kernel(layer)
-  if isinstance(layer, CompressedLayer):
-    return layer._output_with(x, kernel)
-  if isinstance(layer, L.Dense):
-    return ops.matmul(x, kernel)
-  if isinstance(layer, L.DepthwiseConv2D):
-    return ops.depthwise_conv(x, kernel, strides=layer.strides,
-                              padding=layer.padding,
-                              dilation_rate=layer.dilation_rate)
-  if layer.padding == "causal":
-    x = ops.pad(x, layer._compute_causal_padding())
-    return ops.conv(x, kernel, layer.strides, "valid", None, layer.dilation_rate)
-  return layer.convolution_op(x, kernel)
+    return layer.compressor.apply(kernel, None)[0]
+  return kernel
 
 
 def shed(model):
@@ -154,108 +152,110 @@ def shed(model):
   The result computes the same outputs (inference mode); a
   `SelfCompressingModel` stays one, with the same options and the original
   network's size reference (so its penalty and compression ratio continue
-  where they were). Shedding a shed model changes nothing.
+  where they were). Nested models stay nested. Shedding a shed model changes
+  nothing.
   """
   from selfcompress.model import SelfCompressingModel
   p = plan(model)
   g = graph_lib.ChannelGraph.of(model)
   masks = {}
   for step in g.steps:
-    m = (p.kept[step.inputs[0]] if step.inputs else None, p.kept[step.outputs[0]])
+    if not surgery.is_layer(step.layer):
+      continue
+    m = (p.kept[step.inputs[0]] if step.inputs and not step.foreign else None,
+         p.kept[step.outputs[0]])
     if step.layer in masks and not all(
         np.array_equal(a, b) for a, b in zip(masks[step.layer], m)
         if a is not None):
       raise ValueError(f"Layer {step.layer.name!r} is called on tensors that "
                        "keep different channels; shed() cannot split it.")
     masks[step.layer] = m
+
   def clone(layer):
-    config = layer.get_config()
     m = masks.get(layer)
-    if m is not None and isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D)):
-      config["units" if isinstance(layer, L.Dense) else "filters"] = int(m[1].sum())
+    kind = kinds.of(layer)
+    if m is None or (m[1].all() and (m[0] is None or m[0].all())
+                     and layer not in p.fold):
+      return surgery.same_layer(layer)
+    config = layer.get_config()
+    if kind is not None:
+      config = kind.resized(layer, config, m[1].sum())
       if layer in p.fold and not config.get("use_bias", True):
         config["use_bias"] = True
-    if m is not None and isinstance(layer, L.Reshape):
+    if isinstance(layer, L.Reshape):
       target = list(config["target_shape"])
       target[-1] = int(m[1].sum())
       config["target_shape"] = tuple(target)
-    return copy_layer(layer, config)
+    return surgery.copy_layer(layer, config)
 
-  cloned, pairs = rebuild(model, clone)
+  cloned, pairs = surgery.rebuild(model, clone)
   for old, new in pairs:
-    _transfer(old, new, masks.get(old), p.fold.get(old))
-  graph = graph_lib.functional_of(cloned)
-  lineage = [(old, new, masks.get(old)) for old, new in pairs]
+    if new is not old:
+      _transfer(old, new, masks.get(old), p.fold.get(old))
   if isinstance(model, SelfCompressingModel):
     shed_model = SelfCompressingModel(
-        inputs=graph.input, outputs=graph.output, name=model.name,
+        inputs=cloned.input, outputs=cloned.output, name=model.name,
         **model.options())
     shed_model.size_gamma.assign(model.size_gamma)
   else:
-    shed_model = keras.Model(graph.input, graph.output, name=model.name)
-  _LINEAGE[shed_model] = lineage
+    shed_model = cloned
+  _LINEAGE[shed_model] = [(old, new, masks.get(old)) for old, new in pairs]
   return shed_model
 
 
 def copy_layer(layer, config=None):
-  """A new layer of `layer`'s class made from `config` (its own by default);
-  shedding and export rebuild every layer this way."""
-  try:
-    return layer.__class__.from_config(
-        layer.get_config() if config is None else config)
-  except Exception as e:  # a custom layer without a working config
-    raise ValueError(
-        f"Cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from "
-        f"its config: {e}. Give it a get_config() that returns its "
-        "constructor's arguments and register it with "
-        "@keras.saving.register_keras_serializable().") from e
-
-
-def rebuild(model, replace):
-  """A plain Functional copy of `model`'s graph with every layer replaced by
-  `replace(layer)`; returns it and the `(old, new)` layer pairs. Cloned as
-  a plain Functional view, so no wrapper class is constructed twice."""
-  functional = graph_lib.functional_of(model)
-  pairs = []
-
-  def clone(layer):
-    new = replace(layer)
-    pairs.append((layer, new))
-    return new
-
-  plain = keras.Model(functional.input, functional.output)
-  return keras.models.clone_model(plain, clone_function=clone), pairs
+  """Kept for callers of the earlier API: see `surgery.copy_layer`."""
+  return surgery.copy_layer(layer, config)
 
 
 def slicers(old, new, masks):
-  """For each weight of `new`: (it, the matching weight of `old`, a function
-  that cuts an array shaped like it down to the new shape). Used for the
-  weights themselves and for the optimizer's per-weight slots."""
-  old_vars = {v.name: v for v in old.weights}
-  # One value per output channel: the bias and every per-channel variable of
-  # the compressor (bit depth, exponent, gate, ...), whatever the method.
-  per_channel = {"bias"}
-  if isinstance(old, CompressedLayer):
-    per_channel |= {v.name for v in old.compressor.channel_variables()}
+  """For each weight of `new`: (it, the matching weight of `old` or None for
+  a bias added to hold folded constants, a function that cuts an array
+  shaped like the old weight down to the new shape). Weights are matched by
+  position; used for the weights and for the optimizer's per-weight slots."""
   m_in, m_out = masks if masks is not None else (None, None)
-  in_idx = np.flatnonzero(m_in) if m_in is not None else None
-  out_idx = np.flatnonzero(m_out) if m_out is not None else None
+  kind = kinds.of(old)
+  kernel = kind.kernel(old) if kind is not None else None
   result = []
-  for var in new.weights:
-    source = old_vars.get(var.name)
+  for var, source in _pairs(old, new):
     cut = _identity
-    if source is not None and tuple(source.shape) != tuple(var.shape):
-      if isinstance(old, graph_lib.WEIGHTED) and var.name == "kernel":
-        if isinstance(old, L.DepthwiseConv2D):
-          cut = lambda a: a[..., in_idx, :]
-        else:
-          cut = lambda a: a[..., in_idx, :][..., out_idx]
-      elif isinstance(old, graph_lib.WEIGHTED) and var.name in per_channel:
-        cut = lambda a: a[out_idx]
-      elif tuple(source.shape[-1:]) == tuple(m_out.shape):
-        cut = lambda a: a[..., out_idx]  # BatchNorm, PReLU: per channel
+    if source is None:
+      cut = lambda a: a[np.flatnonzero(m_out)]
+    elif tuple(source.shape) != tuple(var.shape):
+      if source is kernel:
+        cut = lambda a: kind.cut_kernel(old, a, m_in, m_out)
+      else:
+        cut = _cut_changed_axis(old, source, var, m_out)
     result.append((var, source, cut))
   return result
+
+
+def _pairs(old, new):
+  """`(new weight, old weight)` by position; a bias that `new` gained for
+  folded constants is paired with None."""
+  old_w, new_w = list(old.weights), list(new.weights)
+  if len(new_w) == len(old_w) + 1:
+    extra = [i for i, (a, b) in enumerate(zip(new_w, old_w + [None]))
+             if b is None or a.name != b.name]
+    if extra and new_w[extra[0]].name == "bias":
+      i = extra[0]
+      return (list(zip(new_w[:i], old_w[:i])) + [(new_w[i], None)]
+              + list(zip(new_w[i + 1:], old_w[i:])))
+  return surgery.weight_pairs(old, new)
+
+
+def _cut_changed_axis(layer, source, var, keep):
+  """A per-channel weight (BatchNorm's statistics, PReLU's slopes, a bias,
+  bit depths): cut the one axis whose length changed."""
+  changed = [i for i, (a, b) in enumerate(zip(source.shape, var.shape))
+             if a != b]
+  if len(source.shape) != len(var.shape) or len(changed) != 1 or \
+      keep is None or source.shape[changed[0]] != keep.size:
+    raise ValueError(
+        f"shed() cannot map weight {source.path!r} of layer {layer.name!r} "
+        f"({tuple(source.shape)} -> {tuple(var.shape)}).")
+  idx, axis = np.flatnonzero(keep), changed[0]
+  return lambda a: np.take(a, idx, axis=axis)
 
 
 def _identity(a):
@@ -265,12 +265,8 @@ def _identity(a):
 def _transfer(old, new, masks, fold):
   """Copies `old`'s weights into the smaller `new`, folding constants."""
   for var, source, cut in slicers(old, new, masks):
-    if source is None and var.name == "bias":  # a bias added for the fold
+    if source is None:  # a bias added for the fold
       value = np.zeros(masks[1].size, "float32")
-      cut = lambda a: a[np.flatnonzero(masks[1])]
-    elif source is None:
-      raise ValueError(f"shed() has no source for weight {var.name!r} of "
-                       f"layer {old.name!r}.")
     else:
       value = np.asarray(source)
     if var.name == "bias" and fold is not None:

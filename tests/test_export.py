@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -132,13 +133,33 @@ class _Scale(keras.layers.Layer):
     return x * self.factor
 
 
-def test_export_names_an_unrebuildable_layer_and_cleans_up(tmp_path,
-                                                           monkeypatch):
+class _LearnedScale(_Scale):
+  """The same with a weight: it cannot be shared or rebuilt."""
+
+  def build(self, input_shape):
+    self.w = self.add_weight(shape=input_shape[-1:], initializer="ones")
+
+  def call(self, x):
+    return x * self.w * self.factor
+
+
+def test_layers_without_config_are_shared_if_stateless_else_refused(
+    tmp_path, monkeypatch):
   inp = keras.Input((12,))
-  x = sc.layers.Dense(8, activation="relu")(inp)
-  model = keras.Model(inp, sc.layers.Dense(3)(_Scale(2.0)(x)))
-  with pytest.raises(ValueError, match="(?s)rebuild layer.*_Scale.*get_config"):
-    sc.export(model, tmp_path / "a")
+  x = keras.layers.Dense(8, activation="relu")(inp)
+  model = sc.compress(keras.Model(inp, keras.layers.Dense(3)(_Scale(2.0)(x))))
+  x = np.random.default_rng(0).normal(size=(16, 12)).astype("float32")
+  sc.export(model, tmp_path / "a")
+  np.testing.assert_allclose(_serve(str(tmp_path / "a"), x),
+                             model(x, training=False), atol=1e-5)
+  shutil.rmtree(tmp_path / "a")
+
+  inp = keras.Input((12,))
+  x = keras.layers.Dense(8, activation="relu")(inp)
+  model = keras.Model(inp, keras.layers.Dense(3)(_LearnedScale(2.0)(x)))
+  with pytest.raises(ValueError,
+                     match="(?s)rebuild layer.*_LearnedScale.*get_config"):
+    sc.compress(model)
 
   def fail(model, path):  # a crash halfway through writing
     os.makedirs(path)

@@ -15,6 +15,17 @@ CASES = [
      keras.layers.Conv2D, (7, 7, 4)),
     (lambda: layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same"),
      keras.layers.DepthwiseConv2D, (6, 6, 3)),
+    (lambda: layers.DepthwiseConv1D(3, depth_multiplier=2),
+     keras.layers.DepthwiseConv1D, (8, 3)),
+    (lambda: layers.Conv3D(4, 2), keras.layers.Conv3D, (4, 4, 4, 2)),
+    (lambda: layers.Conv1DTranspose(4, 3, strides=2),
+     keras.layers.Conv1DTranspose, (5, 3)),
+    (lambda: layers.Conv2DTranspose(4, 3, padding="same"),
+     keras.layers.Conv2DTranspose, (5, 5, 3)),
+    (lambda: layers.Conv3DTranspose(3, 2), keras.layers.Conv3DTranspose,
+     (3, 3, 3, 2)),
+    (lambda: layers.Conv2D(5, 3, data_format="channels_first"),
+     keras.layers.Conv2D, (3, 7, 7)),
 ]
 
 
@@ -28,11 +39,9 @@ def test_layer_contract(make, keras_cls, shape, compressor, tmp_path):
   check_layer(make_with, keras_cls, shape, tmp_path)
 
 
-@pytest.mark.parametrize("ours, theirs", [
-    (layers.Dense, keras.layers.Dense), (layers.Conv1D, keras.layers.Conv1D),
-    (layers.Conv2D, keras.layers.Conv2D),
-    (layers.DepthwiseConv2D, keras.layers.DepthwiseConv2D)])
-def test_signature_is_keras_plus_compression_args(ours, theirs):
+@pytest.mark.parametrize("ours", layers.ALL, ids=lambda c: c.__name__)
+def test_signature_is_keras_plus_compression_args(ours):
+  theirs = getattr(keras.layers, ours.__name__)
   check_signature(ours, theirs)
 
 
@@ -115,11 +124,9 @@ def test_bad_compressor_arguments_are_named(bad, match):
     compressors.BitDepth(**bad)
 
 
-def test_unknown_compressor_and_channels_first_are_rejected():
+def test_unknown_compressor_is_rejected():
   with pytest.raises(ValueError, match="Unknown compressor"):
     layers.Dense(3, compressor="nope")
-  with pytest.raises(ValueError, match="channels_last"):
-    layers.Conv2D(3, 3, data_format="channels_first")
 
 
 def test_compressor_is_never_shared_between_layers():

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from selfcompress import compressors
+from selfcompress import kinds
 
 COMPRESSION_ARGS = ("compressor", "min_channels")
 
@@ -21,11 +22,11 @@ class CompressedLayer:
     min_channels: channels kept alive whatever the size penalty says;
       overrides the compressor's own setting when given.
 
-  Subclasses set `_kernel_attr` (where Keras keeps the kernel variable),
-  `_param_shape()` and `_output_with()`; everything else is shared.
+  What the layer's kind does with channels (its kernel, linear map, bias
+  axis) comes from `selfcompress.kinds`; the compressor computes in float32
+  and the layer then computes in its dtype policy's compute dtype, as Keras
+  layers do under mixed precision.
   """
-
-  _kernel_attr = "_kernel"
 
   def __init__(self, *args, compressor="bits", min_channels=None, **kwargs):
     if kwargs.get("lora_rank"):
@@ -33,38 +34,37 @@ class CompressedLayer:
           f"{type(self).__name__} does not support LoRA. Received: "
           f"lora_rank={kwargs['lora_rank']}. Use the plain Keras layer.")
     super().__init__(*args, **kwargs)
-    if getattr(self, "data_format", "channels_last") != "channels_last":
-      raise ValueError(
-          f"{type(self).__name__} supports data_format='channels_last' only. "
-          f"Received: data_format={self.data_format!r}. Transpose the input "
-          "or set keras.config.set_image_data_format('channels_last').")
     overrides = {} if min_channels is None else {"min_channels": min_channels}
     self.compressor = compressors.get(compressor, **overrides)
+    self._kind = kinds.of(self)
+
+  @property
+  def kind(self):
+    return self._kind
 
   @property
   def kernel_variable(self):
-    return getattr(self, self._kernel_attr)
+    return self._kind.kernel(self)
 
   def build(self, input_shape):
     super().build(input_shape)
-    kernel = self.kernel_variable
-    self.compressor.build(self, kernel, self._param_shape(tuple(kernel.shape)))
-
-  def _param_shape(self, kernel_shape):
-    return (1,) * (len(kernel_shape) - 1) + (kernel_shape[-1],)
+    self.compressor.build(self, self.kernel_variable,
+                          self._kind.param_shape(self))
 
   def call(self, inputs, training=None):
-    kernel, bias = self.compressor.apply(
-        self.kernel_variable, self.bias, training=training)
-    outputs = self._output_with(inputs, kernel)
+    # The compressor reads the float32 variables (its quantizer must be
+    # exact); the result is then cast to the compute dtype.
+    with _float32_variables():
+      kernel, bias = self.compressor.apply(
+          self.kernel_variable, self.bias, training=training)
+    dtype = self.compute_dtype
+    outputs = self._kind.linear(
+        self, ops.cast(inputs, dtype), ops.cast(kernel, dtype))
     if bias is not None:
-      outputs = ops.add(outputs, bias)
+      outputs = self._kind.add_bias(self, outputs, ops.cast(bias, dtype))
     if self.activation is not None:
       outputs = self.activation(outputs)
     return outputs
-
-  def _output_with(self, inputs, kernel):
-    raise NotImplementedError
 
   @property
   def num_channels(self):
@@ -86,6 +86,14 @@ class CompressedLayer:
     config = super().get_config()
     config["compressor"] = compressors.serialize(self.compressor)
     return config
+
+
+def _float32_variables():
+  """A scope in which variables read as stored (float32), not autocast to a
+  mixed policy's compute dtype. Keras has no public name for it: its own
+  Layer.__call__ enters the same scope for non-autocasting layers."""
+  from keras.src import backend
+  return backend.AutocastScope(None)
 
 
 def keras_parent(cls):

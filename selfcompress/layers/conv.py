@@ -1,69 +1,34 @@
-"""Self-compressing convolutions."""
+"""Self-compressing convolutions: plain, depthwise and transposed."""
 
 import keras
-from keras import ops
 
 from selfcompress.layers import base
 
 
-class _Conv(base.CompressedLayer):
-
-  def _output_with(self, inputs, kernel):
-    padding = self.padding
-    if padding == "causal":  # Conv1D only: Keras pads in `call`, not the op.
-      inputs = ops.pad(inputs, self._compute_causal_padding())
-      padding = "valid"
-    return ops.conv(inputs, kernel, strides=list(self.strides),
-                    padding=padding, dilation_rate=self.dilation_rate,
-                    data_format=self.data_format)
-
-
-@keras.saving.register_keras_serializable(package="selfcompress")
-@base.with_compression_signature
-class Conv1D(_Conv, keras.layers.Conv1D):
-  """`keras.layers.Conv1D` whose filters learn their own size.
-
-  Takes every `keras.layers.Conv1D` argument (`channels_last` only) plus
-  `compressor` and `min_channels` (see `CompressedLayer`).
-  """
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
+def _compressed(keras_cls, doc):
+  """The self-compressing subclass of `keras_cls`: the mixin does the work,
+  `selfcompress.kinds` knows the kernel layout."""
+  cls = type(keras_cls.__name__, (base.CompressedLayer, keras_cls), {
+      "__doc__": (
+          f"`keras.layers.{keras_cls.__name__}` whose {doc} learn their own "
+          f"size.\n\n  Takes every `keras.layers.{keras_cls.__name__}` "
+          "argument (both data formats)\n  plus `compressor` and "
+          "`min_channels` (see `CompressedLayer`).\n  "),
+      "__module__": __name__,
+      "__init__": lambda self, *args, **kwargs: super(cls, self).__init__(
+          *args, **kwargs),
+  })
+  cls = base.with_compression_signature(cls)
+  return keras.saving.register_keras_serializable(package="selfcompress")(cls)
 
 
-@keras.saving.register_keras_serializable(package="selfcompress")
-@base.with_compression_signature
-class Conv2D(_Conv, keras.layers.Conv2D):
-  """`keras.layers.Conv2D` whose filters learn their own size.
-
-  Takes every `keras.layers.Conv2D` argument (`channels_last` only) plus
-  `compressor` and `min_channels` (see `CompressedLayer`).
-  """
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-
-
-@keras.saving.register_keras_serializable(package="selfcompress")
-@base.with_compression_signature
-class DepthwiseConv2D(base.CompressedLayer, keras.layers.DepthwiseConv2D):
-  """`keras.layers.DepthwiseConv2D` whose output channels learn their size.
-
-  Output channel `c * depth_multiplier + m` is input channel `c` filtered by
-  kernel slice `[:, :, c, m]`; each has its own compression parameters.
-  Takes every `keras.layers.DepthwiseConv2D` argument (`channels_last` only)
-  plus `compressor` and `min_channels` (see `CompressedLayer`).
-  """
-
-  _kernel_attr = "kernel"
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-
-  def _param_shape(self, kernel_shape):
-    return (1, 1) + tuple(kernel_shape[2:])
-
-  def _output_with(self, inputs, kernel):
-    return ops.depthwise_conv(
-        inputs, kernel, strides=self.strides, padding=self.padding,
-        dilation_rate=self.dilation_rate, data_format=self.data_format)
+Conv1D = _compressed(keras.layers.Conv1D, "filters")
+Conv2D = _compressed(keras.layers.Conv2D, "filters")
+Conv3D = _compressed(keras.layers.Conv3D, "filters")
+Conv1DTranspose = _compressed(keras.layers.Conv1DTranspose, "filters")
+Conv2DTranspose = _compressed(keras.layers.Conv2DTranspose, "filters")
+Conv3DTranspose = _compressed(keras.layers.Conv3DTranspose, "filters")
+# Output channel `c * depth_multiplier + m` is input channel `c` filtered by
+# kernel slice `[..., c, m]`; each has its own compression parameters.
+DepthwiseConv1D = _compressed(keras.layers.DepthwiseConv1D, "output channels")
+DepthwiseConv2D = _compressed(keras.layers.DepthwiseConv2D, "output channels")

@@ -1,7 +1,6 @@
 """Self-compressing fully connected layer."""
 
 import keras
-from keras import ops
 
 from selfcompress.layers import base
 
@@ -22,6 +21,3 @@ class Dense(base.CompressedLayer, keras.layers.Dense):
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
-
-  def _output_with(self, inputs, kernel):
-    return ops.matmul(inputs, kernel)
