@@ -69,8 +69,8 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
   def clone(layer):
     replacement = REPLACEMENTS.get(type(layer))
     identifier = choose(layer)
-    kind = kinds.of(layer)
-    if replacement is None or identifier is None or kind.unsupported(layer):
+    kind = kinds.usable(layer)
+    if replacement is None or identifier is None or kind is None:
       if layer.weights and not isinstance(layer, _NO_COMPRESSION_NEEDED):
         skipped.append(f"{layer.name} ({type(layer).__name__})")
       return surgery.same_layer(layer)
@@ -145,7 +145,7 @@ def _copy_weights(old, new):
   if isinstance(new, sc_layers.CompressedLayer):
     kind = new.kind
     new.kernel_variable.assign(kind.kernel(old))
-    if new.bias is not None:
+    if getattr(new, "bias", None) is not None:
       new.bias.assign(old.bias)
     new.compressor.initialize(new.kernel_variable)
   else:

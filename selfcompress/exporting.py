@@ -57,9 +57,9 @@ class _Serving:
     if self._bias is not None:
       outputs = self.kind.add_bias(
           self, outputs, ops.cast(self._bias, self.compute_dtype))
-    if self.activation is not None:
+    if getattr(self, "activation", None) is not None:
       outputs = self.activation(outputs)
-    return outputs
+    return ops.cast(outputs, self.compute_dtype)
 
 
 class _Packed(_Serving):
@@ -146,7 +146,7 @@ def _pack_layer(layer):
   bits[~alive] = 0
   packed = packing.pack(codes, bits)
   bias = None
-  if layer.bias is not None:
+  if getattr(layer, "bias", None) is not None:
     bias = np.asarray(layer.bias) * alive
   new.set_packed(packed, scale, bias)
   return new, packed
@@ -198,7 +198,8 @@ def _constant(layer, name, value, dtype):
 
 def _float_layer(layer):
   """The serving twin of a layer whose compressor stores no codes."""
-  kernel, bias = layer.compressor.apply(layer.kernel_variable, layer.bias)
+  kernel, bias = layer.compressor.apply(layer.kernel_variable,
+                                        getattr(layer, "bias", None))
   alive = np.asarray(layer.compressor.state().alive) > 0
   cls = type(layer)
   new = type("Float" + cls.__name__, (_Float, cls), {}).from_config(
@@ -226,7 +227,8 @@ def float_model(model):
   _copy_weights(made)
   for old, new in made:
     if isinstance(old, CompressedLayer):
-      q, b = old.compressor.apply(old.kernel_variable, old.bias)
+      q, b = old.compressor.apply(old.kernel_variable,
+                                  getattr(old, "bias", None))
       new.set_weights([np.asarray(q)] + ([np.asarray(b)] if b is not None else []))
   return twin_model
 

@@ -166,7 +166,7 @@ class ChannelGraph:
         fi = kind.fan_in(layer, seen)
         out = ops.cast(ops.greater(fi, 0.0), "float32")
         compressor = getattr(layer, "compressor", None)
-        bias = layer.bias
+        bias = getattr(layer, "bias", None)
         if compressor is not None:
           flow.states[layer] = flow.states.get(layer) or compressor.state()
           out = out * flow.states[layer].alive
@@ -177,7 +177,7 @@ class ChannelGraph:
         outs = [out]
         const = ops.zeros((out.shape[0],)) if bias is None else \
             ops.cast(bias, "float32")
-        const = _apply(layer.activation, const)
+        const = _apply(getattr(layer, "activation", None), const)
         if not step.padded:  # dead non-zero inputs shift the constant
           shifted = ops.greater(kind.fan_in(layer, nonzero), 0.0)
           const = ops.where(shifted, float("nan"), const)
@@ -255,8 +255,8 @@ def _rule(op, node, in_axes):
   if not in_axes:
     return unknown
   axis, in_rank = in_axes[0], ranks[0]
-  kind = kinds.of(op)
-  if kind is not None and not kind.unsupported(op) and len(outs) == 1:
+  kind = kinds.usable(op)
+  if kind is not None and len(outs) == 1:
     expected = kind.axis(op, in_rank)
     return "weighted", kind.axis(op, rank), {
         "kind": kind, "padded": kind.reads_padding(op),

@@ -106,6 +106,11 @@ class Kind:
       config[self.size_field] = int(n_out)
     return config
 
+  def with_bias(self, layer, config):
+    """`layer`'s config with a bias (to hold folded constants)."""
+    config["use_bias"] = True
+    return config
+
   def unsupported(self, layer):
     """Why this layer cannot be compressed, or None."""
     if getattr(layer, "lora_enabled", False):
@@ -210,11 +215,114 @@ class Transpose(Kind):
     return kernel[..., _idx(kept_out), :][..., _idx(kept_in)]
 
 
+class Embedding(Kind):
+  """Embedding: output channel `j` is column `j` of the `(vocab, dim)`
+  table, so a dead column disappears downstream. Its input is token ids,
+  not channels: all of it is read."""
+  classes = (L.Embedding,)
+  size_field = "output_dim"
+
+  def kernel(self, layer):
+    return layer._embeddings
+
+  def fan_in(self, layer, in_alive):
+    return ops.full((self.channels(layer),), float(layer.input_dim))
+
+  def linear(self, layer, x, kernel):
+    if not str(getattr(x, "dtype", "int32")).startswith("int"):
+      x = ops.cast(x, "int32")
+    return ops.take(kernel, x, axis=0)
+
+  def reads_padding(self, layer):
+    return False
+
+  def tie(self, layer, kept_in, kept_out):
+    return np.ones_like(kept_in), kept_out
+
+  def cut_kernel(self, layer, kernel, kept_in, kept_out):
+    return kernel[:, _idx(kept_out)]
+
+  def unsupported(self, layer):
+    if getattr(layer, "embeddings_constraint", None) is not None:
+      return "it has an embeddings constraint"
+    return super().unsupported(layer)
+
+
+class EinsumDense(Kind):
+  """EinsumDense whose output's last axis is its one kernel-only output axis
+  (`"abc,cd->abd"`, `"abc,cde->abe"`): each output feature is a channel, fed
+  by the input's last axis (contracted). Other equations (several output
+  axes from the kernel, as inside attention) are left uncompressed."""
+  classes = (L.EinsumDense,)
+
+  def _letters(self, layer):
+    inputs, output = layer.equation.split("->")
+    x, k = inputs.split(",")
+    return x, k, output
+
+  def unsupported(self, layer):
+    x, k, out = self._letters(layer)
+    kernel_only = [c for c in out if c in k and c not in x]
+    if "." in x + k + out or len(kernel_only) != 1 or kernel_only[0] != out[-1]:
+      return (f"its equation {layer.equation!r} does not make the output's "
+              "last axis its only kernel axis")
+    if x[-1] not in k or x[-1] in out:
+      return f"its equation {layer.equation!r} does not contract the input's last axis"
+    if layer.bias_axes not in (None, "", out[-1]):
+      return f"its bias axes {layer.bias_axes!r} are not the output feature axis"
+    return super().unsupported(layer)
+
+  def _axes(self, layer):
+    x, k, out = self._letters(layer)
+    return k.index(x[-1]), k.index(out[-1])
+
+  def channels(self, layer):
+    return int(self.kernel(layer).shape[self._axes(layer)[1]])
+
+  def axis(self, layer, rank):
+    return rank - 1
+
+  def param_shape(self, layer):
+    shape = tuple(self.kernel(layer).shape)
+    c = self._axes(layer)[1]
+    return tuple(d if i == c else 1 for i, d in enumerate(shape))
+
+  def fan_in(self, layer, in_alive):
+    shape = tuple(self.kernel(layer).shape)
+    i, c = self._axes(layer)
+    per_input = math.prod(shape) // (shape[i] * shape[c])
+    return ops.broadcast_to(ops.sum(in_alive) * per_input, (shape[c],))
+
+  def linear(self, layer, x, kernel):
+    return ops.einsum(layer.equation, x, kernel)
+
+  def reads_padding(self, layer):
+    return False
+
+  def cut_kernel(self, layer, kernel, kept_in, kept_out):
+    i, c = self._axes(layer)
+    if kept_in is not None:
+      kernel = np.take(kernel, np.flatnonzero(kept_in), axis=i)
+    return np.take(kernel, np.flatnonzero(kept_out), axis=c)
+
+  def with_bias(self, layer, config):
+    config["bias_axes"] = self._letters(layer)[2][-1]
+    return config
+
+  def resized(self, layer, config, n_out):
+    shape = config["output_shape"]
+    shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
+    shape[-1] = int(n_out)
+    config["output_shape"] = shape if len(shape) > 1 else shape[0]
+    return config
+
+
 def _idx(mask):
   return slice(None) if mask is None else np.flatnonzero(mask)
 
 
-KINDS = (Dense(), Conv(), Depthwise(), Transpose())
+KINDS = (Dense(), Conv(), Depthwise(), Transpose(), Embedding(),
+         EinsumDense())
 
 
 def of(layer):
@@ -223,3 +331,9 @@ def of(layer):
     if kind.matches(layer):
       return kind
   return None
+
+
+def usable(layer):
+  """`of(layer)` if this layer can be compressed and shed, else None."""
+  kind = of(layer)
+  return None if kind is None or kind.unsupported(layer) else kind

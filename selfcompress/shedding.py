@@ -180,8 +180,8 @@ def shed(model):
     config = layer.get_config()
     if kind is not None:
       config = kind.resized(layer, config, m[1].sum())
-      if layer in p.fold and not config.get("use_bias", True):
-        config["use_bias"] = True
+      if layer in p.fold:
+        config = kind.with_bias(layer, config)
     if isinstance(layer, L.Reshape):
       target = list(config["target_shape"])
       target[-1] = int(m[1].sum())

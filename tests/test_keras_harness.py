@@ -15,6 +15,9 @@ from selfcompress.layers.base import keras_parent
 # (layer, its arguments, input shape, output shape)
 KINDS = [
     (layers.Dense, dict(units=4, activation="relu"), (2, 5), (2, 4)),
+    (layers.EinsumDense, dict(equation="abc,cd->abd", output_shape=(3, 4),
+                              bias_axes="d"), (2, 3, 5), (2, 3, 4)),
+    (layers.Embedding, dict(input_dim=10, output_dim=4), (2, 3), (2, 3, 4)),
     (layers.Dense, dict(units=3), (2, 6, 5), (2, 6, 3)),
     (layers.Conv1D, dict(filters=4, kernel_size=3, padding="causal"),
      (2, 7, 3), (2, 7, 4)),
@@ -56,7 +59,9 @@ class KerasLayerHarnessTest(testing.TestCase):
   def test_run_layer_test(self, cls, kwargs, input_shape, output_shape,
                           compressor):
     extra_trainable, seeds = COMPRESSORS[compressor]
-    use_bias = kwargs.get("use_bias", True)
+    use_bias = kwargs.get("use_bias", True) and cls is not layers.Embedding
+    if cls is layers.EinsumDense:
+      use_bias = bool(kwargs.get("bias_axes"))
     # TensorFlow has no float16 NCHW convolution on a CPU (Keras' own
     # Conv2D fails there the same way), so that one check needs a GPU.
     mixed = not (kwargs.get("data_format") == "channels_first"
@@ -64,6 +69,7 @@ class KerasLayerHarnessTest(testing.TestCase):
     self.run_layer_test(
         cls, init_kwargs=dict(kwargs, compressor=compressor),
         input_shape=input_shape, expected_output_shape=output_shape,
+        input_dtype="int32" if cls is layers.Embedding else None,
         expected_num_trainable_weights=1 + use_bias + extra_trainable,
         expected_num_seed_generators=seeds,
         expected_num_losses=0,

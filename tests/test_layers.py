@@ -26,6 +26,8 @@ CASES = [
      (3, 3, 3, 2)),
     (lambda: layers.Conv2D(5, 3, data_format="channels_first"),
      keras.layers.Conv2D, (3, 7, 7)),
+    (lambda: layers.EinsumDense("abc,cd->abd", (4, 6), bias_axes="d"),
+     keras.layers.EinsumDense, (4, 5)),
 ]
 
 

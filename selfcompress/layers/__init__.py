@@ -4,11 +4,11 @@ from selfcompress.layers.base import CompressedLayer
 from selfcompress.layers.conv import (
     Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose, Conv3D, Conv3DTranspose,
     DepthwiseConv1D, DepthwiseConv2D)
-from selfcompress.layers.core import Dense
+from selfcompress.layers.core import Dense, EinsumDense, Embedding
 
 #: Every self-compressing layer class; `compress()` replaces each one's Keras
 #: parent with it.
-ALL = (Dense, Conv1D, Conv2D, Conv3D, Conv1DTranspose, Conv2DTranspose,
+ALL = (Dense, EinsumDense, Embedding, Conv1D, Conv2D, Conv3D, Conv1DTranspose, Conv2DTranspose,
        Conv3DTranspose, DepthwiseConv1D, DepthwiseConv2D)
 
 __all__ = ["CompressedLayer", "ALL"] + [c.__name__ for c in ALL]

@@ -34,9 +34,13 @@ class CompressedLayer:
           f"{type(self).__name__} does not support LoRA. Received: "
           f"lora_rank={kwargs['lora_rank']}. Use the plain Keras layer.")
     super().__init__(*args, **kwargs)
+    self._kind = kinds.of(self)
+    why = self._kind.unsupported(self)
+    if why:
+      raise ValueError(f"{type(self).__name__} cannot compress this layer: "
+                       f"{why}. Use the plain Keras layer.")
     overrides = {} if min_channels is None else {"min_channels": min_channels}
     self.compressor = compressors.get(compressor, **overrides)
-    self._kind = kinds.of(self)
 
   @property
   def kind(self):
@@ -56,15 +60,14 @@ class CompressedLayer:
     # exact); the result is then cast to the compute dtype.
     with _float32_variables():
       kernel, bias = self.compressor.apply(
-          self.kernel_variable, self.bias, training=training)
+          self.kernel_variable, getattr(self, "bias", None), training=training)
     dtype = self.compute_dtype
-    outputs = self._kind.linear(
-        self, ops.cast(inputs, dtype), ops.cast(kernel, dtype))
+    outputs = self._kind.linear(self, inputs, ops.cast(kernel, dtype))
     if bias is not None:
       outputs = self._kind.add_bias(self, outputs, ops.cast(bias, dtype))
-    if self.activation is not None:
+    if getattr(self, "activation", None) is not None:
       outputs = self.activation(outputs)
-    return outputs
+    return ops.cast(outputs, dtype)
 
   @property
   def num_channels(self):
