@@ -22,9 +22,10 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
              protect_outputs=True, **compressor_kwargs):
   """Returns a self-compressing copy of a Sequential or Functional model.
 
-  Every Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose and DepthwiseConv1D/2D
-  (nested models' too) is replaced by its `selfcompress.layers` counterpart
-  with the same configuration and weights;
+  Every Dense, EinsumDense, Embedding, Conv1D/2D/3D, Conv1D/2D/3DTranspose
+  and DepthwiseConv1D/2D (nested models' too) is replaced by its
+  `selfcompress.layers` counterpart with the same configuration and weights
+  (a SeparableConv1D/2D by a compressed depthwise and 1x1 convolution);
   the compression parameters are initialised from the weights (so the first
   forward pass equals the original up to the quantization grid). Layers with
   weights that cannot be compressed stay as they are and are listed in a
@@ -67,8 +68,12 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
   skipped = []
 
   def clone(layer):
-    replacement = REPLACEMENTS.get(type(layer))
     identifier = choose(layer)
+    if type(layer) in _SEPARABLE and identifier is not None:
+      protect = protect_outputs and layer.name in protected
+      return _split_separable(layer, identifier, compressor_kwargs,
+                              min_channels, protect)
+    replacement = REPLACEMENTS.get(type(layer))
     kind = kinds.usable(layer)
     if replacement is None or identifier is None or kind is None:
       if layer.weights and not isinstance(layer, _NO_COMPRESSION_NEEDED):
@@ -139,8 +144,62 @@ def _all_layers(model):
   return surgery.layers(model)
 
 
+_SEPARABLE = {keras.layers.SeparableConv1D: (sc_layers.DepthwiseConv1D,
+                                              sc_layers.Conv1D),
+              keras.layers.SeparableConv2D: (sc_layers.DepthwiseConv2D,
+                                              sc_layers.Conv2D)}
+
+
+def _split_separable(layer, identifier, compressor_kwargs, min_channels,
+                     protect):
+  """A SeparableConv as what it computes: a depthwise convolution, then a
+  1x1 convolution with the bias and activation. Both halves are compressed
+  kinds, so each sheds its own channels; they sit in a nested Sequential
+  named after the layer."""
+  depthwise_cls, conv_cls = _SEPARABLE[type(layer)]
+  c = layer.get_config()
+  common = {k: c[k] for k in ("data_format", "dtype")}
+
+  def compressor(protect_all=False):
+    kwargs = dict(compressor_kwargs, min_channels=min_channels)
+    if protect_all:
+      kwargs["min_channels"] = layer.filters
+    return compressors.get(identifier, **kwargs)
+
+  depthwise = depthwise_cls(
+      kernel_size=c["kernel_size"], strides=c["strides"],
+      padding=c["padding"], dilation_rate=c["dilation_rate"],
+      depth_multiplier=c["depth_multiplier"], use_bias=False,
+      depthwise_initializer=c["depthwise_initializer"],
+      depthwise_regularizer=c["depthwise_regularizer"],
+      depthwise_constraint=c["depthwise_constraint"],
+      compressor=compressor(), name=layer.name + "_depthwise", **common)
+  pointwise = conv_cls(
+      filters=c["filters"], kernel_size=1, activation=c["activation"],
+      use_bias=c["use_bias"], kernel_initializer=c["pointwise_initializer"],
+      bias_initializer=c["bias_initializer"],
+      kernel_regularizer=c["pointwise_regularizer"],
+      bias_regularizer=c["bias_regularizer"],
+      activity_regularizer=c["activity_regularizer"],
+      kernel_constraint=c["pointwise_constraint"],
+      bias_constraint=c["bias_constraint"], compressor=compressor(protect),
+      name=layer.name + "_pointwise", **common)
+  return keras.Sequential(
+      [keras.Input(tuple(layer.input.shape[1:]), dtype=layer.input.dtype),
+       depthwise, pointwise], name=layer.name)
+
+
 def _copy_weights(old, new):
   if new is old:
+    return
+  if type(old) in _SEPARABLE:
+    depthwise, pointwise = new.layers
+    depthwise.kernel_variable.assign(old.depthwise_kernel)
+    pointwise.kernel_variable.assign(old.pointwise_kernel)
+    if old.bias is not None:
+      pointwise.bias.assign(old.bias)
+    for half in (depthwise, pointwise):
+      half.compressor.initialize(half.kernel_variable)
     return
   if isinstance(new, sc_layers.CompressedLayer):
     kind = new.kind

@@ -81,6 +81,10 @@ class Kind:
   def add_bias(self, layer, y, bias):
     if self.channels_first(layer):
       bias = ops.reshape(bias, (1, -1) + (1,) * (len(y.shape) - 2))
+      # Not ops.add: on TensorFlow it turns a (1, C, 1, 1) bias into a
+      # BiasAdd over the last axis whenever that axis also has C entries
+      # (Keras 3.15), adding the bias to the wrong axis.
+      return ops.subtract(y, ops.negative(bias))
     return ops.add(y, bias)
 
   def reads_padding(self, layer):

@@ -192,7 +192,7 @@ def weight_pairs(old, new):
   short names are not unique: every Keras sub-layer calls its kernel
   `kernel`). Raises if the two layers do not line up."""
   if len(old.weights) != len(new.weights) or any(
-      a.name != b.name for a, b in zip(old.weights, new.weights)):
+      len(a.shape) != len(b.shape) for a, b in zip(old.weights, new.weights)):
     raise ValueError(
         f"Layer {old.name!r} ({type(old).__name__}) and its copy have "
         f"different weights: {[w.path for w in old.weights]} vs "

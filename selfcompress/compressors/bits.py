@@ -111,9 +111,9 @@ class BitDepth(base.ChannelCompressor):
     b = self.raw_bits()
     if self.min_channels == 0:
       return b
-    held = ops.logical_and(
-        ops.cast(base.keep_top_channels(b, self.min_channels), "bool"),
-        ops.less(b, self.held_bits))
+    held = ops.less(b, self.held_bits)
+    if self.min_channels < self.num_channels:
+      held = ops.logical_and(_top_channels(b, self.min_channels), held)
     return ops.where(held, self.held_bits, b)
 
   def held_channels(self):
@@ -166,6 +166,17 @@ class BitDepth(base.ChannelCompressor):
 _LN2 = math.log(2.0)
 
 
+def _top_channels(values, k):
+  """`base.keep_top_channels(values, k)` as a boolean mask, for 0 < k < n:
+  without its float 0/1 and the cast back (two ops per call, and `bits()`
+  runs in every layer call and in the size accounting of every step)."""
+  if k == 1:
+    kth = ops.max(values)
+  else:
+    kth = ops.top_k(values, k, sorted=True)[0][k - 1]
+  return ops.greater_equal(values, kth)
+
+
 def _quantize_impl(kernel, bits, exponent, alive, axes):
   """`alive * 2^e * round(clip(2^-e * kernel, -2^(b-1), 2^(b-1) - 1))` with
   a hand-written straight-through gradient: one fused pass forward and one
@@ -179,19 +190,28 @@ def _quantize_impl(kernel, bits, exponent, alive, axes):
   half = ops.power(2.0, bits - 1.0)
   x = ops.divide(kernel, scale)
   low, high = ops.negative(half), half - 1.0
-  codes = ops.round(ops.clip(x, low, high))
+  clipped = ops.clip(x, low, high)
+  codes = ops.round(clipped)
   live_scale = scale * alive
 
   @ops.custom_gradient
   def quantize(kernel, bits, exponent):
     def grad(*args, upstream=None):
       g = args[0] if upstream is None else upstream
-      above = ops.cast(ops.greater(x, high), g.dtype)
-      below = ops.cast(ops.less(x, low), g.dtype)
-      inside = 1.0 - above - below
+      # `above - below` and `inside` from one subtraction: on an alive
+      # channel (high >= low) x - clip(x) is > 0 exactly where x > high,
+      # < 0 exactly where x < low and +0 inside, so its sign is `above -
+      # below` and 1 - |sign| is `inside`, bit for bit (x - clip(x) is
+      # never a nonzero denormal there). On a dead channel they may differ
+      # (low > high makes both `above` and `below` true), but every term
+      # below is then multiplied by `alive` or `live_scale`, 0 there.
+      # Four full-size ops instead of seven: each costs a pass over the
+      # kernel and, on the many small kernels of a convnet, an op launch.
+      side = ops.sign(x - clipped)
+      inside = 1.0 - ops.abs(side)
       g_kernel = g * inside * alive
       g_exp = ops.sum(g * (codes - inside * x), axis=axes, keepdims=True)
-      g_bits = ops.sum(g * (above - below), axis=axes, keepdims=True)
+      g_bits = ops.sum(g * side, axis=axes, keepdims=True)
       return (g_kernel, g_bits * (live_scale * half * _LN2),
               g_exp * (live_scale * _LN2))
     return codes * live_scale, grad
