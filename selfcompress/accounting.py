@@ -25,6 +25,7 @@ from keras import ops
 
 from selfcompress import graph as graph_lib
 from selfcompress import kinds
+from selfcompress import surgery
 from selfcompress.layers import CompressedLayer
 
 FLOAT_BITS = 32
@@ -162,6 +163,8 @@ def account(model, states=None):
       t["weight_bits"] = 0.0
       t["other_bits"] = 2 * FLOAT_BITS * ops.sum(out_alive)
       t["float_bits"] = 2 * FLOAT_BITS * t["channels_total"]
+    elif _compressed_inside(layer):
+      t.update(_container_terms(layer, flow.states))
     elif getattr(layer, "weights", None):
       params = sum(int(np.prod(v.shape)) for v in layer.weights)
       t["weight_bits"] = 0.0
@@ -171,6 +174,46 @@ def account(model, states=None):
       continue
     terms[layer] = t
   return terms
+
+
+def _compressed_inside(layer):
+  """The self-compressing layers inside `layer` (attention's projections)."""
+  if not hasattr(layer, "_flatten_layers"):
+    return []
+  return [l for l in layer._flatten_layers(include_self=False)
+          if isinstance(l, CompressedLayer)]
+
+
+def _container_terms(layer, states):
+  """Size terms of a layer the channel graph keeps whole but that holds
+  self-compressing layers: each of those counts its alive channels with all
+  their inputs; the container's other weights count at float32."""
+  alive, weight_bits, penalty_bits, other_bits = [], 0.0, 0.0, 0.0
+  weights_alive, weights_total, float_bits = 0.0, 0, 0
+  inner_ids = set()
+  for l in _compressed_inside(layer):
+    state = states.get(l) or l.compressor.state()
+    states[l] = state
+    full = l.kind.full_fan_in(l)
+    n = l.compressor.num_channels
+    bias = FLOAT_BITS if getattr(l, "bias", None) is not None else 0
+    alive.append(state.alive)
+    weight_bits += ops.sum(state.storage_bits * state.alive) * full
+    penalty_bits += ops.sum(state.penalty_bits) * full
+    other_bits += (bias + l.compressor.overhead_bits_per_channel) * ops.sum(
+        state.alive)
+    weights_alive += ops.sum(state.alive) * full
+    weights_total += n * full
+    float_bits += (full + (1 if bias else 0)) * n * FLOAT_BITS
+    inner_ids |= {id(v) for v in l.weights}
+  rest = sum(int(np.prod(v.shape)) for v in layer.weights
+             if id(v) not in inner_ids)
+  alive = ops.concatenate(alive, axis=0)
+  return {"alive": alive, "channels_total": int(alive.shape[0]),
+          "weight_bits": weight_bits, "penalty_bits": penalty_bits,
+          "other_bits": other_bits + FLOAT_BITS * rest,
+          "weights_alive": weights_alive, "weights_total": weights_total,
+          "float_bits": float_bits + FLOAT_BITS * rest}
 
 
 def size_penalty(terms, total_weights=None):
@@ -209,7 +252,7 @@ def minimum_bits(model):
   its `min_channels` (the first ones) at 1 bit per weight."""
   from selfcompress.compressors.base import ChannelState
   states = {}
-  for layer in graph_lib.ChannelGraph.of(model).layers:
+  for layer in surgery.layers(model):
     if isinstance(layer, CompressedLayer):
       c = layer.compressor
       keep = np.zeros(c.num_channels, "float32")
@@ -232,8 +275,9 @@ def size(model):
       weights_total = int(t["weights_total"])
     else:
       inputs_alive = inputs_total = 0
-      weights_alive = weights_total = 0
-    if isinstance(layer, CompressedLayer):
+      weights_alive = int(round(float(t.get("weights_alive", 0))))
+      weights_total = int(t.get("weights_total", 0))
+    if "penalty_bits" in t:
       mean_bits = weight_bits / max(weights_alive, 1)
     else:
       mean_bits = float(FLOAT_BITS) if weights_total else 0.0

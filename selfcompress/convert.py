@@ -14,7 +14,8 @@ from selfcompress.model import SelfCompressingModel
 
 # Keras layer class -> its self-compressing replacement. Exact types only: a
 # subclass may change `call` in ways the replacement would silently drop.
-REPLACEMENTS = {keras_parent(cls): cls for cls in sc_layers.ALL}
+REPLACEMENTS = {keras_parent(cls): cls
+                for cls in sc_layers.ALL + sc_layers.CONTAINERS}
 
 
 def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
@@ -74,8 +75,13 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
       return _split_separable(layer, identifier, compressor_kwargs,
                               min_channels, protect)
     replacement = REPLACEMENTS.get(type(layer))
-    kind = kinds.usable(layer)
-    if replacement is None or identifier is None or kind is None:
+    kind = kinds.of(layer)
+    if replacement in sc_layers.CONTAINERS and identifier is not None:
+      config = dict(layer.get_config(), min_channels=min_channels,
+                    compressor=compressors.get(identifier, **compressor_kwargs))
+      return replacement.from_config(config)
+    if (replacement is None or identifier is None or kind is None
+        or kind.unsupported(layer)):
       if layer.weights and not isinstance(layer, _NO_COMPRESSION_NEEDED):
         skipped.append(f"{layer.name} ({type(layer).__name__})")
       return surgery.same_layer(layer)
@@ -191,6 +197,9 @@ def _split_separable(layer, identifier, compressor_kwargs, min_channels,
 
 def _copy_weights(old, new):
   if new is old:
+    return
+  if isinstance(new, sc_layers.CONTAINERS):
+    new.copy_from(old)
     return
   if type(old) in _SEPARABLE:
     depthwise, pointwise = new.layers

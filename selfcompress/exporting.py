@@ -147,7 +147,7 @@ def _pack_layer(layer):
   packed = packing.pack(codes, bits)
   bias = None
   if getattr(layer, "bias", None) is not None:
-    bias = np.asarray(layer.bias) * alive
+    bias = np.asarray(layer.effective_weights()[1])
   new.set_packed(packed, scale, bias)
   return new, packed
 
@@ -198,8 +198,7 @@ def _constant(layer, name, value, dtype):
 
 def _float_layer(layer):
   """The serving twin of a layer whose compressor stores no codes."""
-  kernel, bias = layer.compressor.apply(layer.kernel_variable,
-                                        getattr(layer, "bias", None))
+  kernel, bias = layer.effective_weights()
   alive = np.asarray(layer.compressor.state().alive) > 0
   cls = type(layer)
   new = type("Float" + cls.__name__, (_Float, cls), {}).from_config(
@@ -227,8 +226,7 @@ def float_model(model):
   _copy_weights(made)
   for old, new in made:
     if isinstance(old, CompressedLayer):
-      q, b = old.compressor.apply(old.kernel_variable,
-                                  getattr(old, "bias", None))
+      q, b = old.effective_weights()
       new.set_weights([np.asarray(q)] + ([np.asarray(b)] if b is not None else []))
   return twin_model
 

@@ -115,6 +115,11 @@ class Kind:
     config["use_bias"] = True
     return config
 
+  def untraceable(self, layer):
+    """Why the channel graph cannot follow this (compressible) layer's
+    channels, or None."""
+    return None
+
   def unsupported(self, layer):
     """Why this layer cannot be compressed, or None."""
     if getattr(layer, "lora_enabled", False):
@@ -253,10 +258,12 @@ class Embedding(Kind):
 
 
 class EinsumDense(Kind):
-  """EinsumDense whose output's last axis is its one kernel-only output axis
-  (`"abc,cd->abd"`, `"abc,cde->abe"`): each output feature is a channel, fed
-  by the input's last axis (contracted). Other equations (several output
-  axes from the kernel, as inside attention) are left uncompressed."""
+  """EinsumDense: every output feature (each combination of the output axes
+  that come from the kernel, e.g. head and head dimension inside attention)
+  is a channel. The channel graph follows it when the output's last axis is
+  its only such axis and the input's last axis is contracted
+  (`"abc,cd->abd"`, `"abc,cde->abe"`); otherwise (`"abc,cde->abde"`) it is
+  compressed but kept whole."""
   classes = (L.EinsumDense,)
 
   def _letters(self, layer):
@@ -264,32 +271,48 @@ class EinsumDense(Kind):
     x, k = inputs.split(",")
     return x, k, output
 
+  def _channel_letters(self, layer):
+    x, k, out = self._letters(layer)
+    return [c for c in k if c in out and c not in x]
+
   def unsupported(self, layer):
     x, k, out = self._letters(layer)
-    kernel_only = [c for c in out if c in k and c not in x]
-    if "." in x + k + out or len(kernel_only) != 1 or kernel_only[0] != out[-1]:
-      return (f"its equation {layer.equation!r} does not make the output's "
-              "last axis its only kernel axis")
-    if x[-1] not in k or x[-1] in out:
-      return f"its equation {layer.equation!r} does not contract the input's last axis"
-    if layer.bias_axes not in (None, "", out[-1]):
-      return f"its bias axes {layer.bias_axes!r} are not the output feature axis"
+    letters = self._channel_letters(layer)
+    if "." in x + k + out or not letters:
+      return f"its equation {layer.equation!r} has no output axis from the kernel"
+    if layer.bias_axes and not set(layer.bias_axes) <= set(letters):
+      return f"its bias axes {layer.bias_axes!r} are not output feature axes"
+    if layer.bias_axes and [c for c in letters if c in layer.bias_axes] != \
+        list(layer.bias_axes):
+      return f"its bias axes {layer.bias_axes!r} are not in kernel order"
     return super().unsupported(layer)
+
+  def untraceable(self, layer):
+    x, k, out = self._letters(layer)
+    if self._channel_letters(layer) != [out[-1]]:
+      return "the output's last axis is not its only output feature axis"
+    if x[-1] not in k or x[-1] in out:
+      return "it does not contract the input's last axis"
+    if layer.bias_axes not in (None, "", out[-1]):
+      return "its bias is not per output feature"
+    return None
 
   def _axes(self, layer):
     x, k, out = self._letters(layer)
     return k.index(x[-1]), k.index(out[-1])
 
   def channels(self, layer):
-    return int(self.kernel(layer).shape[self._axes(layer)[1]])
+    shape = tuple(self.kernel(layer).shape)
+    return math.prod(d for d, p in zip(shape, self.param_shape(layer)) if p != 1)
 
   def axis(self, layer, rank):
     return rank - 1
 
   def param_shape(self, layer):
+    x, k, out = self._letters(layer)
+    letters = self._channel_letters(layer)
     shape = tuple(self.kernel(layer).shape)
-    c = self._axes(layer)[1]
-    return tuple(d if i == c else 1 for i, d in enumerate(shape))
+    return tuple(d if c in letters else 1 for c, d in zip(k, shape))
 
   def fan_in(self, layer, in_alive):
     shape = tuple(self.kernel(layer).shape)
@@ -338,6 +361,9 @@ def of(layer):
 
 
 def usable(layer):
-  """`of(layer)` if this layer can be compressed and shed, else None."""
+  """`of(layer)` if the channel graph can follow this layer (and shed it),
+  else None."""
   kind = of(layer)
-  return None if kind is None or kind.unsupported(layer) else kind
+  if kind is None or kind.unsupported(layer) or kind.untraceable(layer):
+    return None
+  return kind

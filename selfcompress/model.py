@@ -69,8 +69,9 @@ class SelfCompressingModel(keras.Model):
     if graph.unknown:
       names = sorted({l.name for l in graph.unknown})
       keras.src.utils.io_utils.print_msg(
-          "selfcompress: channel liveness cannot be traced through "
-          f"{names}; their outputs are counted as always alive.")
+          f"selfcompress: {names} are kept whole: the channel graph does "
+          "not follow channels through them, so their inputs and outputs "
+          "stay alive.")
 
   # -- the size term --------------------------------------------------------
 

@@ -140,10 +140,9 @@ def _probe(model, g):
 
 def _kernel(layer):
   """The kernel a weighted layer computes with (quantized and gated)."""
-  kernel = kinds.of(layer).kernel(layer)
   if isinstance(layer, CompressedLayer):
-    return layer.compressor.apply(kernel, None)[0]
-  return kernel
+    return layer.effective_weights()[0]
+  return kinds.of(layer).kernel(layer)
 
 
 def shed(model):

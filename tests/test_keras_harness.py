@@ -128,3 +128,24 @@ def test_compressed_model_trains_under_mixed_precision(policy):
   assert np.all(np.asarray(conv.compressor.raw_bits()) < bits)
   assert all(keras.backend.standardize_dtype(v.dtype) == "float32"
              for v in m.trainable_weights)
+
+
+class AttentionHarnessTest(testing.TestCase):
+
+  @parameterized.named_parameters(
+      *[dict(testcase_name=name, compressor=name) for name in COMPRESSORS])
+  def test_multi_head_attention(self, compressor):
+    extra_trainable, seeds = COMPRESSORS[compressor]
+    self.run_layer_test(
+        layers.MultiHeadAttention,
+        init_kwargs=dict(num_heads=2, key_dim=3, compressor=compressor),
+        input_shape={"query_shape": (2, 4, 6), "value_shape": (2, 5, 6)},
+        expected_output_shape=(2, 4, 6),
+        # query, key, value and output projections: kernel, bias and the
+        # compressor's per-feature parameters each.
+        expected_num_trainable_weights=4 * (2 + extra_trainable),
+        expected_num_seed_generators=4 * seeds,
+        expected_num_losses=0, supports_masking=True,
+        # As in Keras' own MultiHeadAttention test: the harness's training
+        # check feeds one input; test_any_model trains attention in a model.
+        run_training_check=False, run_mixed_precision_check=True)

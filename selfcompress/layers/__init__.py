@@ -1,5 +1,6 @@
 """Keras layers with learnable per-channel compression."""
 
+from selfcompress.layers.attention import MultiHeadAttention
 from selfcompress.layers.base import CompressedLayer
 from selfcompress.layers.conv import (
     Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose, Conv3D, Conv3DTranspose,
@@ -11,4 +12,9 @@ from selfcompress.layers.core import Dense, EinsumDense, Embedding
 ALL = (Dense, EinsumDense, Embedding, Conv1D, Conv2D, Conv3D, Conv1DTranspose, Conv2DTranspose,
        Conv3DTranspose, DepthwiseConv1D, DepthwiseConv2D)
 
-__all__ = ["CompressedLayer", "ALL"] + [c.__name__ for c in ALL]
+#: Layers that hold self-compressing layers (not themselves a kind the
+#: channel graph follows: `shed()` keeps them whole).
+CONTAINERS = (MultiHeadAttention,)
+
+__all__ = (["CompressedLayer", "ALL", "CONTAINERS"]
+           + [c.__name__ for c in ALL + CONTAINERS])

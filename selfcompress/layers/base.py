@@ -55,12 +55,20 @@ class CompressedLayer:
     self.compressor.build(self, self.kernel_variable,
                           self._kind.param_shape(self))
 
-  def call(self, inputs, training=None):
+  def effective_weights(self, training=False):
+    """The `(kernel, bias)` the layer computes with, in float32 (bias None
+    if it has none): quantized and gated, dead channels exactly zero."""
+    bias = getattr(self, "bias", None)
     # The compressor reads the float32 variables (its quantizer must be
-    # exact); the result is then cast to the compute dtype.
+    # exact), whatever the dtype policy's compute dtype.
     with _float32_variables():
-      kernel, bias = self.compressor.apply(
-          self.kernel_variable, getattr(self, "bias", None), training=training)
+      flat = None if bias is None else ops.reshape(bias, (-1,))
+      kernel, flat = self.compressor.apply(
+          self.kernel_variable, flat, training=training)
+    return kernel, None if bias is None else ops.reshape(flat, bias.shape)
+
+  def call(self, inputs, training=None):
+    kernel, bias = self.effective_weights(training=training)
     dtype = self.compute_dtype
     outputs = self._kind.linear(self, inputs, ops.cast(kernel, dtype))
     if bias is not None:
