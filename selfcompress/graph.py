@@ -7,9 +7,12 @@ for every layer call, how liveness moves from inputs to outputs. Size
 accounting, shedding and export all ask this object; nothing else walks the
 model.
 
-Liveness vectors are float 0/1 tensors over the last (channel) axis, computed
-with `keras.ops` so the same propagation runs eagerly for reports and inside
-the compiled train step for the size penalty.
+Liveness vectors are float 0/1 tensors over a tensor's channel axis (the
+last, or axis 1 after a `channels_first` layer), computed with `keras.ops` so
+the same propagation runs eagerly for reports and inside the compiled train
+step for the size penalty. What a weighted layer does to channels comes from
+`selfcompress.kinds`; the walk itself (nested models, op nodes) from
+`selfcompress.surgery`.
 """
 
 import dataclasses
