@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 
 from selfcompress import config as config_lib  # noqa: E402
-from selfcompress import data, graph, shed_training, training  # noqa: E402
+from selfcompress import data, graph, kinds, shed_training, training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder with the MNIST IDX .gz files.")
@@ -64,8 +64,9 @@ def channels(model):
   """Physical output channels of the weighted layers (what shedding cuts)."""
   total = 0
   for layer in graph.ChannelGraph.of(model).layers:
-    if isinstance(layer, graph.WEIGHTED):
-      total += int(layer.compressor.num_channels)
+    kind = kinds.of(layer)
+    if kind is not None:
+      total += kind.channels(layer)
   return total
 
 
