@@ -149,6 +149,9 @@ def account(model, states=None):
       t["weights_alive"] = ops.sum(fi * out_alive)
       t["weights_total"] = full * n_out
       t["float_bits"] = (full + (1 if bias else 0)) * n_out * FLOAT_BITS
+      if not bias and layer in flow.folds:
+        # shed() gives it a bias to hold dead inputs' constants.
+        bias = FLOAT_BITS * flow.folds[layer]
       if isinstance(layer, CompressedLayer):
         c = layer.compressor
         state = flow.states[layer]

@@ -16,6 +16,7 @@ step for the size penalty. What a weighted layer does to channels comes from
 """
 
 import dataclasses
+import math
 import weakref
 
 import keras
@@ -80,6 +81,7 @@ class Flow:
   fan_in: dict
   tensors: dict
   states: dict
+  folds: dict = dataclasses.field(default_factory=dict)  # layer -> 0/1: gets a bias
 
 
 class ChannelGraph:
@@ -170,20 +172,29 @@ class ChannelGraph:
         out = ops.cast(ops.greater(fi, 0.0), "float32")
         compressor = getattr(layer, "compressor", None)
         bias = getattr(layer, "bias", None)
+        own = ops.ones_like(out)  # the layer's own verdict on each channel
         if compressor is not None:
           flow.states[layer] = flow.states.get(layer) or compressor.state()
-          out = out * flow.states[layer].alive
+          own = flow.states[layer].alive
+          out = out * own
           if bias is not None:
-            bias = bias * flow.states[layer].alive
+            bias = bias * own
         flow.in_alive[layer] = _merge(flow.in_alive.get(layer), seen)
         flow.fan_in[layer] = _merge(flow.fan_in.get(layer), fi)
         outs = [out]
         const = ops.zeros((out.shape[0],)) if bias is None else \
             ops.cast(bias, "float32")
         const = _apply(getattr(layer, "activation", None), const)
-        if not step.padded:  # dead non-zero inputs shift the constant
+        if not step.padded:
+          # Dead non-zero inputs shift the constant of the channels that
+          # read them, unless the layer killed the channel itself (its
+          # weights and bias are zero, so it is exactly activation(0)).
+          # shed() folds their contribution into a bias: count one.
           shifted = ops.greater(kind.fan_in(layer, nonzero), 0.0)
-          const = ops.where(shifted, float("nan"), const)
+          const = ops.where(ops.logical_and(shifted, ops.greater(own, 0.0)),
+                            float("nan"), const)
+          reaches = ops.sum(ops.cast(shifted, "float32") * out)
+          flow.folds[layer] = ops.cast(ops.greater(reaches, 0.0), "float32")
         out_consts = [const]
       elif step.rule == "passthrough":
         outs = [ops.maximum(ins[0], _dead_nonzero(ins[0], cs[0]))
@@ -261,8 +272,13 @@ def _rule(op, node, in_axes):
   kind = kinds.usable(op)
   if kind is not None and len(outs) == 1:
     expected = kind.axis(op, in_rank)
-    return "weighted", kind.axis(op, rank), {
-        "kind": kind, "padded": kind.reads_padding(op),
+    out_axis = kind.axis(op, rank)
+    # With one output position there is no border: every constant input
+    # contributes a constant.
+    positions = math.prod(d or 2 for i, d in enumerate(outs[0].shape)
+                          if i not in (0, out_axis))
+    return "weighted", out_axis, {
+        "kind": kind, "padded": kind.reads_padding(op) and positions > 1,
         "foreign": expected != axis}
   if isinstance(op, L.Activation):
     name = getattr(op.activation, "__name__", "")

@@ -59,6 +59,10 @@ def plan(model):
       layer = step.layer
       contrib = np.asarray(step.kind.linear(layer, x, _kernel(layer)))
       out_axis = step.kind.axis(layer, contrib.ndim)
+      # Only what reaches a kept output channel matters.
+      contrib = contrib * _along(kept[step.outputs[0]], out_axis, contrib.ndim)
+      if not np.any(contrib):
+        continue
       others = tuple(i for i in range(1, contrib.ndim) if i != out_axis)
       mean = contrib.mean(axis=others, keepdims=True)
       if np.abs(contrib - mean).max() > 1e-6 * (1.0 + np.abs(contrib).max()):
