@@ -143,6 +143,7 @@ def _chooser(per_layer, default):
 
 # Layers whose few parameters are folded or negligible; not worth a warning.
 _NO_COMPRESSION_NEEDED = (keras.layers.BatchNormalization,
+                          keras.layers.LayerNormalization,
                           keras.layers.Normalization)
 
 
