@@ -185,6 +185,10 @@ def _quantize_impl(kernel, bits, exponent, alive, axes):
   Gradients: d/dkernel = inside the clip range; d/de = ln2 * 2^e * (codes -
   x * inside); d/db = ln2 * 2^(b-1) * 2^e * (above - below), both summed over
   the kernel's non-channel axes (`axes`).
+
+  On a CPU without XLA each op here costs a launch (a few microseconds, as
+  much as the arithmetic on a small kernel) and each full-size one a pass
+  over the kernel, so the backward pass uses as few as give the same values.
   """
   scale = ops.power(2.0, exponent)
   half = ops.power(2.0, bits - 1.0)
@@ -198,19 +202,17 @@ def _quantize_impl(kernel, bits, exponent, alive, axes):
   def quantize(kernel, bits, exponent):
     def grad(*args, upstream=None):
       g = args[0] if upstream is None else upstream
-      # `above - below` and `inside` from one subtraction: on an alive
-      # channel (high >= low) x - clip(x) is > 0 exactly where x > high,
-      # < 0 exactly where x < low and +0 inside, so its sign is `above -
-      # below` and 1 - |sign| is `inside`, bit for bit (x - clip(x) is
-      # never a nonzero denormal there). On a dead channel they may differ
-      # (low > high makes both `above` and `below` true), but every term
-      # below is then multiplied by `alive` or `live_scale`, 0 there.
-      # Four full-size ops instead of seven: each costs a pass over the
-      # kernel and, on the many small kernels of a convnet, an op launch.
+      # On an alive channel (high >= low), x - clip(x) is > 0 exactly where
+      # x > high, < 0 exactly where x < low and +0 inside (never a nonzero
+      # denormal), so its sign is `above - below` and `keep` (|sign| <
+      # alive) is `inside * alive`. On a dead channel `above - below` may
+      # differ (low > high), but the gradients there are multiplied by
+      # `live_scale`, 0, as before; only the sign of those zeros can change.
       side = ops.sign(x - clipped)
-      inside = 1.0 - ops.abs(side)
-      g_kernel = g * inside * alive
-      g_exp = ops.sum(g * (codes - inside * x), axis=axes, keepdims=True)
+      keep = ops.less(ops.abs(side), alive)
+      g_kernel = ops.where(keep, g, 0.0)
+      g_exp = ops.sum(g * (codes - ops.where(keep, x, 0.0)), axis=axes,
+                      keepdims=True)
       g_bits = ops.sum(g * side, axis=axes, keepdims=True)
       return (g_kernel, g_bits * (live_scale * half * _LN2),
               g_exp * (live_scale * _LN2))
