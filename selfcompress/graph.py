@@ -109,8 +109,6 @@ class ChannelGraph:
                            for t in functional.inputs]
     outputs, _ = surgery.walk(model, self.input_keys, self._step)
     self.output_keys = list(outputs)
-    self.nested = any(surgery.is_graph_model(l) for l in
-                      model._flatten_layers(include_self=False))
     self.layers = []
     for step in self.steps:
       if surgery.is_layer(step.layer) and step.layer not in self.layers:
@@ -241,11 +239,6 @@ class ChannelGraph:
       if step is not None and step.layer not in found:
         found.append(step.layer)
     return found
-
-
-def functional_of(model):
-  """The Functional graph of a Functional or built Sequential model."""
-  return surgery.functional_of(model)
 
 
 def _channels(tensor, axis):

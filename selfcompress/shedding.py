@@ -17,7 +17,6 @@ import weakref
 
 import keras
 import numpy as np
-from keras import ops
 
 from selfcompress import graph as graph_lib
 from selfcompress import kinds
@@ -134,7 +133,7 @@ def _close(g, kept):
 def _probe(model, g):
   """Each tensor's value in inference mode for one all-zero input; dead
   channels are constant, so this is their value for any input."""
-  functional = graph_lib.functional_of(model)
+  functional = surgery.functional_of(model)
   zeros = [np.zeros((1,) + tuple(t.shape[1:]), t.dtype)
            for t in functional.inputs]
   values = surgery.evaluate(model, zeros)
@@ -204,11 +203,6 @@ def shed(model):
     shed_model = cloned
   _LINEAGE[shed_model] = [(old, new, masks.get(old)) for old, new in pairs]
   return shed_model
-
-
-def copy_layer(layer, config=None):
-  """Kept for callers of the earlier API: see `surgery.copy_layer`."""
-  return surgery.copy_layer(layer, config)
 
 
 def slicers(old, new, masks):
