@@ -2,7 +2,9 @@
 
 Which channels a tensor keeps is decided on the channel graph: a channel
 stays if it is alive, if a merge needs it (residual `Add`: dead only if dead
-in every branch), or if it is a model output; depthwise convolutions tie
+in every branch), if it is a model output, or if its layer's compressor
+needs it to decide as before (`min_channels` holds channels by their rank
+among the layer's channels: the top ones stay); depthwise convolutions tie
 their outputs to their inputs, grouped convolutions and layers the graph
 cannot trace keep everything. A removed channel still carries a constant
 (its producer's bias through BatchNorm and activation); its contribution to
@@ -41,6 +43,7 @@ def plan(model):
   kept = {k: np.asarray(v) > 0 for k, v in flow.tensors.items()}
   for k in g.input_keys + g.output_keys:
     kept[k] = np.ones_like(kept[k])
+  _pin(g, kept)
   values = None
   while True:
     _close(g, kept)
@@ -74,6 +77,21 @@ def plan(model):
         fold[layer] = mean.reshape(-1)
     if not grown:
       return Plan(kept, fold)
+
+
+def _pin(g, kept):
+  """Keeps the channels each compressor needs to decide as it does now
+  (see `ChannelCompressor.pinned_channels`), alive or dead."""
+  for step in g.steps:
+    compressor = getattr(step.layer, "compressor", None)
+    if step.rule != "weighted" or compressor is None:
+      continue
+    key = step.outputs[0]
+    pinned = np.asarray(compressor.pinned_channels()) > 0
+    if pinned.shape == kept[key].shape:
+      kept[key] = kept[key] | pinned
+    else:  # not one channel per output channel: keep them all
+      kept[key] = np.ones_like(kept[key])
 
 
 def _along(mask, axis, rank):

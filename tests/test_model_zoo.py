@@ -258,11 +258,7 @@ ZOO = [
     pytest.param(transformer, "gates+bits", marks=slow),
     pytest.param(mobilenet_v2, "bits", marks=slow),
     pytest.param(mobilenet_v2_traced, "bits", marks=slow),
-    pytest.param(mobilenet_v2_backbone, "gates+bits", marks=[
-        slow, pytest.mark.xfail(
-            strict=False,
-            reason="open: gates+bits on MobileNetV2 sheds to outputs that "
-            "differ by up to 7e-2 (the bits-only run is exact)")]),
+    pytest.param(mobilenet_v2_backbone, "gates+bits", marks=slow),
     pytest.param(efficientnet_b0, "bits", marks=slow),
     pytest.param(resnet50, "bits", marks=slow),
     pytest.param(convnext_tiny, "bits", marks=slow),
@@ -354,16 +350,28 @@ def _kill(model, rng):
 
 def _calibrate(model, x):
   """BatchNorm statistics of this batch, each layer's given the ones before
-  it: one training-mode pass with momentum 0 (a random deep net with
-  default statistics computes a near-constant)."""
+  it: one pass with momentum 0 (a random deep net with default statistics
+  computes a near-constant). Only BatchNorm runs in training mode: the rest
+  computes what it does at inference. A training-mode pass samples the
+  gates, so BatchNorm would normalise channels that inference scales by
+  other gates: gates+bits MobileNetV2's outputs then moved by 2e-3 of
+  their largest for inputs changed by 1e-7 (relative), and float32
+  rounding alone put the shed model 6e-2 away (1e-5 and 6e-5 calibrated
+  at the inference gates)."""
   bns = [l for l in _all_layers(model) if isinstance(l, L.BatchNormalization)]
   if not bns:
     return
   momenta = [b.momentum for b in bns]
   for b in bns:
     b.momentum = 0.0
+
+  def call(node, op, ins, args, kwargs):
+    if getattr(op, "_call_has_training_arg", False):
+      kwargs = dict(kwargs, training=isinstance(op, L.BatchNormalization))
+    return op(*args, **kwargs)
+
   try:
-    model(x, training=True)
+    sc.surgery.walk(model, [x], call)
   finally:
     for b, momentum in zip(bns, momenta):
       b.momentum = momentum

@@ -130,12 +130,91 @@ def test_dead_constant_into_same_padding_is_kept_not_approximated():
   np.testing.assert_allclose(small(x), model(x), atol=1e-5)
 
 
+def inverted_residual():
+  """expand -> BatchNorm -> ReLU6 -> depthwise -> BatchNorm -> ReLU6 ->
+  project -> BatchNorm, plus the input (MobileNetV2's block)."""
+  inp = keras.Input((6, 6, 4))
+  x = L.Conv2D(4, 1, name="expand")(inp)
+  x = L.ReLU(6.0)(L.BatchNormalization(name="expand_bn")(x))
+  x = L.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+  x = L.ReLU(6.0)(L.BatchNormalization()(x))
+  x = L.BatchNormalization()(L.Conv2D(4, 1, name="project")(x))
+  x = L.GlobalAveragePooling2D()(L.Add()([inp, x]))
+  return keras.Model(inp, L.Dense(3)(x))
+
+
+def _assert_shed_computes_the_same(model, x):
+  before = np.asarray(model(x, training=False))
+  assert before.std(axis=0).mean() > 0.1 * np.abs(before).max()  # uses x
+  np.testing.assert_allclose(np.asarray(sc.shed(model)(x, training=False)),
+                             before, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("compressor", ["bits", "gates", "gates+bits"])
+def test_shed_keeps_the_channels_min_channels_ranks(compressor):
+  """`min_channels` holds the top channels (by bit depth or gate) that would
+  otherwise die. The depthwise layer's top channel reads a dead input, so
+  the channel graph counts it dead; were shed() to remove it, the smaller
+  layer would rank another channel top and hold it: lift its bit depth
+  (bits), or revive it (gates; gates+bits), though the model lets it die."""
+  model = sc.compress(inverted_residual(), compressor=compressor,
+                      min_channels=1)
+  # Expand channel 0 dies; ReLU6 makes its constant exactly 0, so the
+  # depthwise channel 0 computes a constant whatever it holds.
+  model.get_layer("expand_bn").beta.assign([-1.0, 0.0, 0.0, 0.0])
+  expand = model.get_layer("expand").compressor
+  depthwise = model.get_layer("depthwise").compressor
+  if compressor == "bits":
+    expand.assign(bits=[-1.0, 8.0, 8.0, 8.0])
+    depthwise.assign(bits=[8.0, 1.5, 1.4, 1.3])  # 1.5 < held_bits
+  elif compressor == "gates":
+    expand.assign_log_alpha([-6.0, 3.0, 3.0, 3.0])
+    depthwise.assign_log_alpha([3.0, -6.0, -6.0, -6.0])  # 1 to 3 closed
+  else:
+    expand.assign_log_alpha([1.0, 3.0, 2.0, 2.5])
+    expand.assign(bits=[-1.0, 8.0, 8.0, 8.0])
+    depthwise.assign_log_alpha([3.0, 2.5, 1.0, 1.0])
+    depthwise.assign(bits=[8.0, -1.0, 8.0, 8.0])  # 1 dead by its bits
+  x = np.random.default_rng(0).normal(size=(8, 6, 6, 4)).astype("float32")
+  _assert_shed_computes_the_same(model, x)
+
+
+@pytest.mark.parametrize("compressor", ["gates", "gates+bits"])
+def test_shed_to_min_channels_keeps_the_layer_gated(compressor):
+  """A layer with no more channels than `min_channels` is not gated (the
+  protected logits): shedding a gated layer down to that many channels must
+  not switch its gates off, nor lift its bit depths."""
+  model = sc.compress(mlp(), compressor=compressor, min_channels=1)
+  hidden = [l for l in model.layers
+            if isinstance(l, layers.CompressedLayer)][0]
+  hidden.compressor.assign_log_alpha([1.0] + [-6.0] * 15)  # gate 0.78 on 0
+  if compressor == "gates+bits":
+    hidden.compressor.assign(bits=[1.5] + [8.0] * 15)  # < held_bits
+  x = np.random.default_rng(0).normal(size=(16, 12)).astype("float32")
+  _assert_shed_computes_the_same(model, x)
+
+
 def test_logits_and_outputs_keep_every_channel():
+  """shed() keeps every channel of a model output, dead or not, by its own
+  rule: compress()'s protection of the logits (`protect_outputs`,
+  `min_channels`) is switched off here, and two of the three logits are
+  killed, so nothing else keeps them."""
   rng = np.random.default_rng(2)
-  model = sc.compress(mlp())
-  _kill(model, rng, fraction=0.9)
+  model = sc.compress(mlp(), protect_outputs=False, min_channels=0)
+  _kill(model, rng)
+  logits = model.layers[-1]
+  logits.compressor.assign(bits=[5.0, -1.0, -1.0])
+  g = sc.ChannelGraph.of(model)
+  (output,) = g.output_keys
+  assert np.asarray(g.propagate().tensors[output]).tolist() == [1, 0, 0]
+  x = rng.normal(size=(16, 12)).astype("float32")
   small = sc.shed(model)
-  assert small.output_shape == model.output_shape
+  assert small.output_shape == model.output_shape == (None, 3)
+  assert small.layers[-1].units == 3
+  np.testing.assert_allclose(small(x, training=False),
+                             model(x, training=False), atol=1e-5, rtol=0)
+  # The hidden layers did shed (the rule is the outputs', not everyone's).
+  assert small.count_params() < model.count_params()
 
 
 def test_shed_keeps_options_and_trains_on():
@@ -145,9 +224,22 @@ def test_shed_keeps_options_and_trains_on():
   small = sc.shed(model)
   assert (small.gamma, small.target_kb) == (0.3, 0.5)
   assert small.size_reference == model.size_reference
-  small.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
-  x = rng.normal(size=(64, 12)).astype("float32")
-  small.fit(x, rng.integers(0, 3, 64), epochs=1, verbose=0)
+  small.compile(keras.optimizers.Adam(1e-2),
+                keras.losses.SparseCategoricalCrossentropy(True))
+  x, y = _blobs(n=256)
+  before = [np.array(v) for v in small.trainable_variables]
+  history = small.fit(x, y, epochs=5, batch_size=32, verbose=0).history
+  # It learns: the loss falls and every trainable variable moved.
+  assert history["loss"][-1] < 0.8 * history["loss"][0], history["loss"]
+  moved = [not np.array_equal(b, np.asarray(v))
+           for b, v in zip(before, small.trainable_variables)]
+  assert all(moved), [v.path for v, m in zip(small.trainable_variables, moved)
+                      if not m]
+  # Its size is measured against the original network: the logged size is
+  # the accounting's, and the ratio uses the unshed float32 reference.
+  assert history["size_kb"][-1] == pytest.approx(sc.size(small).kb, rel=1e-5)
+  assert history["compression_ratio"][-1] == pytest.approx(
+      model.size_reference["float_bits"] / sc.size(small).bits, rel=1e-5)
 
 
 def _blobs(n=2048, dim=12, classes=3, seed=0):

@@ -98,6 +98,39 @@ class ChannelCompressor:
     """Channels kept alive only by `min_channels` (0/1 vector)."""
     return ops.zeros((self.num_channels,))
 
+  def ranking(self):
+    """The per-channel values by which `min_channels` picks the channels it
+    holds (the largest), or None if no channel's fate depends on another's.
+    """
+    return None
+
+  def pinned_count(self):
+    """How many of the top channels by `ranking()` `pinned_channels()` keeps."""
+    return self.min_channels
+
+  def pinned_channels(self):
+    """Channels (0/1) that `shed()` keeps even when they are dead, so that
+    the smaller layer's compressor decides what this one does.
+
+    `min_channels` holds the top channels by `ranking()` that would
+    otherwise die: whether a channel is held depends on the channels
+    ranked above it. `shed()` removes channels the compressor keeps alive
+    (their inputs are dead) and keeps dead ones (a depthwise convolution
+    keeps the outputs of the inputs it keeps); had it removed the top ones,
+    the smaller layer would hold others: revive a channel this one lets
+    die, or lift a channel's bit depth to `held_bits`. With its top
+    `min_channels` channels (ties broken by index, so shedding again picks
+    the same ones) the smaller layer ranks at the same threshold, so it
+    holds exactly the channels this one holds.
+    """
+    n = self.num_channels
+    values = self.ranking()
+    k = min(self.pinned_count(), n)
+    if values is None or self.min_channels == 0 or self.min_channels >= n:
+      return ops.zeros((n,))
+    indices = ops.top_k(ops.convert_to_tensor(values), k, sorted=True)[1]
+    return ops.minimum(ops.sum(ops.one_hot(indices, n), axis=0), 1.0)
+
   def flat(self, tensor):
     return ops.reshape(tensor, (self.num_channels,))
 

@@ -116,6 +116,9 @@ class BitDepth(base.ChannelCompressor):
       held = ops.logical_and(_top_channels(b, self.min_channels), held)
     return ops.where(held, self.held_bits, b)
 
+  def ranking(self):
+    return self.raw_bits()  # `min_channels` holds the deepest channels
+
   def held_channels(self):
     if self.min_channels == 0:
       return super().held_channels()

@@ -105,6 +105,15 @@ class _Gates:
         ops.greater(test_gate(la), 0.0), la.dtype)
     return base.keep_top_channels(la, self.min_channels) * (1.0 - alive)
 
+  def ranking(self):
+    return self.log_alpha()  # `min_channels` holds the strongest gates
+
+  def pinned_count(self):
+    # One more than `min_channels`: a layer with no more channels than
+    # `min_channels` is not gated (see `_held`), so a smaller layer left
+    # with only those would lose its gates.
+    return self.min_channels + 1
+
   def _gates(self, training, held):
     """Per-channel gate vector: sampled in training, deterministic else;
     1 (constant) on held channels."""
