@@ -18,6 +18,8 @@ like. 1 KB = 1000 bytes.
 """
 
 import dataclasses
+import functools
+import os
 
 import keras
 import numpy as np
@@ -133,9 +135,13 @@ def account(model, states=None):
   `float_bits`, `weights_total`, `kind`.
   """
   g = graph_lib.ChannelGraph.of(model)
-  flow = g.propagate(states)
+  return _terms(g.layers, g.propagate(states))
+
+
+def _terms(layers, flow):
+  """`account()`'s terms of `layers`, from the channel graph's `flow`."""
   terms = {}
-  for layer in g.layers:
+  for layer in layers:
     out_alive = flow.out_alive[layer]
     t = {"kind": type(layer).__name__, "alive": out_alive,
          "channels_total": int(out_alive.shape[0])}
@@ -248,6 +254,79 @@ def totals(terms):
   float_bits = sum(t["float_bits"] for t in terms.values())
   return {"bits": bits, "weight_bits": weight_bits, "alive_channels": alive,
           "weights_alive": weights, "float_bits": float_bits}
+
+
+def step_totals(model, states=None):
+  """What the training step needs, in a few ops for the whole model: the
+  `totals()` of `account(model, states)` (as tensors, without `float_bits`)
+  and the sum of the compressed layers' penalty bits (`size_penalty()`
+  before its normaliser).
+
+  The rules are `account()`'s; only the sums differ: the compressed layers'
+  and the BatchNormalizations' per-channel vectors are concatenated and
+  summed once, instead of a dozen small ops per layer (each op costs a launch,
+  on a CPU as much as its arithmetic). Bit counts are integers, so the
+  totals are the same numbers while they stay below 2^24 (float32); the
+  penalty may differ from `size_penalty()` in float rounding, its gradient
+  does not.
+  """
+  g = graph_lib.ChannelGraph.of(model)
+  flow = g.propagate(states)
+  # Compressed layers that the graph follows (channels and fan-in): their
+  # per-channel vectors, and per layer the bits of an alive channel's
+  # bias and compressor parameters (a constant, or a tensor when a folded
+  # bias may be added).
+  storage, penalty, fan_in, alive, per_channel = [], [], [], [], []
+  segments, folds = [], []
+  norm_alive = []  # BatchNormalization: two float32 per alive channel
+  rest = []        # everything else, as account() has it
+  for layer in g.layers:
+    if isinstance(layer, CompressedLayer) and layer in flow.fan_in:
+      state = flow.states[layer]
+      out_alive = flow.out_alive[layer]
+      has_bias = getattr(layer, "bias", None) is not None
+      storage.append(state.storage_bits)
+      penalty.append(state.penalty_bits)
+      fan_in.append(flow.fan_in[layer])
+      alive.append(out_alive)
+      segments.append(np.full(int(out_alive.shape[0]), len(per_channel),
+                              "int32"))
+      per_channel.append((FLOAT_BITS if has_bias else 0)
+                         + layer.compressor.overhead_bits_per_channel)
+      folds.append(flow.folds[layer] if not has_bias and layer in flow.folds
+                   else 0.0)
+    elif isinstance(layer, keras.layers.BatchNormalization) and \
+        layer not in flow.fan_in:
+      norm_alive.append(flow.out_alive[layer])
+    else:
+      rest.append(layer)
+  terms = _terms(rest, flow)
+  out = totals(terms)
+  del out["float_bits"]
+  penalty_bits = [t["penalty_bits"] for t in terms.values()
+                  if "penalty_bits" in t]
+  if alive:
+    alive = ops.concatenate(alive, axis=0)
+    fan_in = ops.stop_gradient(ops.concatenate(fan_in, axis=0))
+    alive_fan_in = fan_in * alive
+    weight_bits = ops.sum(ops.concatenate(storage, axis=0) * alive_fan_in)
+    penalty_bits.append(
+        ops.sum(ops.concatenate(penalty, axis=0) * fan_in))
+    per_layer_alive = ops.segment_sum(
+        alive, np.concatenate(segments), num_segments=len(per_channel))
+    if any(ops.is_tensor(f) for f in folds):
+      per_channel = (np.asarray(per_channel, "float32")
+                     + FLOAT_BITS * ops.stack(folds))
+    other_bits = ops.sum(per_layer_alive * per_channel)
+    out["bits"] += weight_bits + other_bits
+    out["weight_bits"] += weight_bits
+    out["alive_channels"] += ops.sum(per_layer_alive)
+    out["weights_alive"] += ops.sum(alive_fan_in)
+  if norm_alive:
+    out["bits"] += 2 * FLOAT_BITS * ops.sum(ops.concatenate(norm_alive, 0))
+  if not penalty_bits:
+    raise ValueError("The model has no self-compressing layers.")
+  return out, functools.reduce(ops.add, penalty_bits)
 
 
 def minimum_bits(model):

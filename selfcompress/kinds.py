@@ -178,7 +178,9 @@ class Depthwise(Kind):
     return (1,) * (len(shape) - 2) + shape[-2:]
 
   def fan_in(self, layer, in_alive):
-    return ops.repeat(in_alive, layer.depth_multiplier) * self.area(layer)
+    if layer.depth_multiplier > 1:  # (one op less per layer and step if 1)
+      in_alive = ops.repeat(in_alive, layer.depth_multiplier)
+    return in_alive * self.area(layer)
 
   def full_fan_in(self, layer):
     return self.area(layer)

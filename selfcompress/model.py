@@ -76,29 +76,30 @@ class SelfCompressingModel(keras.Model):
   # -- the size term --------------------------------------------------------
 
   def size_terms(self):
-    terms = size_lib.account(self)
-    totals = size_lib.totals(terms)
+    """`(totals, penalty_bits)` as tensors: the model totals of
+    `selfcompress.accounting.totals()` (but `float_bits`) and the sum of the
+    compressed layers' penalty bits, by `accounting.step_totals()`."""
+    totals, penalty_bits = size_lib.step_totals(self)
     if not tf.executing_eagerly():
       # compute_metrics runs in the same traced step: let it reuse these
       # instead of tracing the accounting a second time.
       object.__setattr__(self, "_traced_totals",
                          (tf.compat.v1.get_default_graph(), totals))
-    return terms, totals
+    return totals, penalty_bits
 
   def _totals(self):
     cached = getattr(self, "_traced_totals", None)
     if (cached is not None and not tf.executing_eagerly()
         and cached[0] is tf.compat.v1.get_default_graph()):
       return cached[1]
-    return self.size_terms()[1]
+    return self.size_terms()[0]
 
   def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                    training=True):
     loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
-    terms, totals = self.size_terms()
+    totals, penalty_bits = self.size_terms()
     gamma = ops.convert_to_tensor(self.size_gamma)
-    penalty = gamma * size_lib.size_penalty(
-        terms, self.size_reference["weights"])
+    penalty = gamma * (penalty_bits / self.size_reference["weights"])
     if self.target_kb is not None:
       # Push only while over budget: below it, channels that died cannot come
       # back, so a penalty that kept pushing would overshoot the budget.
@@ -120,7 +121,7 @@ class SelfCompressingModel(keras.Model):
   def size_logs(self, exact=False):
     """Size metrics as tensors. Inside a train step they are those of the
     weights the step trained with; `exact=True` recomputes them now."""
-    t = self.size_terms()[1] if exact else self._totals()
+    t = self.size_terms()[0] if exact else self._totals()
     bits = t["bits"]
     logs = {
         "size_kb": bits / 8000.0,

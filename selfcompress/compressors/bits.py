@@ -144,18 +144,14 @@ class BitDepth(base.ChannelCompressor):
     if isinstance(kernel, keras.Variable):
       kernel = kernel.value  # the backend's variable: traceable, no copy
     kernel = self._quantize(
-        kernel, self.broadcast(bits),
-        self.broadcast(self.exponent()), self.broadcast(alive),
-        base.reduce_axes(self._param_shape))
+        kernel, self.broadcast(bits), self.broadcast(self.exponent()),
+        self.broadcast(alive), base.reduce_axes(self._param_shape))
     return kernel, (None if bias is None else ops.multiply(bias, alive))
 
   # -- accounting -----------------------------------------------------------
 
   def state(self):
-    bits = ops.relu(self.bits())
-    return base.ChannelState(
-        alive=ops.cast(ops.greater(bits, 0.0), bits.dtype),
-        storage_bits=ops.ceil(bits), penalty_bits=bits)
+    return _state(self.bits())
 
   def get_config(self):
     return {
@@ -167,6 +163,14 @@ class BitDepth(base.ChannelCompressor):
 
 
 _LN2 = math.log(2.0)
+
+
+def _state(bits):
+  """`BitDepth.state()` of the bit depths in force."""
+  bits = ops.relu(bits)
+  alive = ops.cast(ops.greater(bits, 0.0), bits.dtype)
+  return base.ChannelState(alive=alive, storage_bits=ops.ceil(bits),
+                           penalty_bits=bits)
 
 
 def _top_channels(values, k):
