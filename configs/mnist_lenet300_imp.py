@@ -3,7 +3,8 @@
   python tools/imp.py --config=configs/mnist_lenet300_imp.py \
       --config.data_dir=../shared/data/mnist --workdir=/tmp/imp_l300
 
-Frankle & Carbin's setup (REFERENCES.md section 2): Adam 1.2e-3, batch 60,
+The setup of Frankle & Carbin, "The Lottery Ticket Hypothesis: Finding
+Sparse, Trainable Neural Networks" (ICLR 2019): Adam 1.2e-3, batch 60,
 Glorot normal init, 5,000 training images held out for validation,
 layer-wise magnitude pruning of 20% per level (output layer 10%), kept
 weights rewound to their initial values. 15 levels leave 3.6% of the

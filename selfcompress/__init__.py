@@ -1,5 +1,9 @@
 """selfcompress: Keras 3 networks that learn to make themselves small."""
 
+from selfcompress import native_logs
+
+native_logs.import_tensorflow()  # before anything imports it
+
 from selfcompress import compressors
 from selfcompress import layers
 from selfcompress.callbacks import CompressionMonitor, TrainingDivergedError
@@ -7,6 +11,7 @@ from selfcompress.convert import compress
 from selfcompress.exporting import export
 from selfcompress.graph import ChannelGraph
 from selfcompress.model import SelfCompressingModel
+from selfcompress.saving import load_model
 from selfcompress.shed_training import fit_and_shed
 from selfcompress.shedding import shed
 from selfcompress.accounting import SizeReport, size, summary
@@ -15,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGraph", "CompressionMonitor", "SelfCompressingModel", "SizeReport",
-    "TrainingDivergedError", "compress", "export", "fit_and_shed", "compressors", "layers", "shed", "size",
+    "TrainingDivergedError", "compress", "export", "fit_and_shed", "compressors", "layers", "load_model", "shed", "size",
     "summary",
 ]

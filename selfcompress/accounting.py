@@ -377,7 +377,24 @@ def size(model):
 
 
 def summary(model, print_fn=print):
-  """Prints the size report of `model` as a table (like larq's summary)."""
+  """Prints the size report of `model` as a table (like larq's summary).
+
+  `model` is a Keras model, a `SizeReport`, or the path of a `.keras` file
+  (loaded with `selfcompress.load_model`). Returns the `SizeReport`.
+  """
+  if isinstance(model, (str, bytes, os.PathLike)):
+    from selfcompress import saving
+    path = os.fsdecode(model)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"summary() received the path {path!r}, which is not a file. Pass "
+          "a Keras model, a SizeReport, or the path of a .keras file.")
+    model = saving.load_model(path, compile=False)
+  if not isinstance(model, (SizeReport, keras.Model)):
+    raise TypeError(
+        "summary() takes a Keras model, a SizeReport (from size()) or the "
+        f"path of a .keras file. Received: {model!r} of type "
+        f"{type(model).__name__}.")
   report = model if isinstance(model, SizeReport) else size(model)
   header = ("Layer", "Kind", "Channels", "Inputs", "Weights", "Bits/w",
             "Size (B)", "Float (B)")

@@ -16,6 +16,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from selfcompress.errors import ConfigError, DataError
+
 _SPLITS = ("x_train", "y_train", "x_test", "y_test")
 _IDX_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -26,15 +28,12 @@ _IDX_FILES = {
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DataError(ValueError):
-    """A dataset file is missing, corrupt or does not match its checksum."""
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """Where an IDX dataset lives: file names, SHA-256 sums, URL, Keras cache."""
 
     name: str
+    title: str  # how people write it: "MNIST", "Fashion-MNIST"
     base_url: str
     sha256: dict  # canonical file name -> SHA-256 hex digest
     cache_subdir: str  # under `<KERAS_HOME>/datasets/`, holds the four .gz files
@@ -46,6 +45,7 @@ class DatasetSpec:
 SPECS = {
     "mnist": DatasetSpec(
         name="mnist",
+        title="MNIST",
         base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
         sha256={
             "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
@@ -60,6 +60,7 @@ SPECS = {
     ),
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",
+        title="Fashion-MNIST",
         base_url="https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         sha256={
             "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
@@ -123,16 +124,43 @@ def sha256sum(path, chunk_size=1 << 20):
     return digest.hexdigest()
 
 
+def _known_file(digest):
+    """The registered dataset file whose SHA-256 is `digest`: (spec, file name), or None."""
+    for spec in SPECS.values():
+        for fname, expected in spec.sha256.items():
+            if expected == digest:
+                return spec, fname
+    return None
+
+
 def _verify(path, spec):
-    expected = spec.sha256.get(os.path.basename(path))
+    fname = os.path.basename(path)
+    expected = spec.sha256.get(fname)
     if expected is None:
         return  # only the canonical file names have known checksums
     actual = sha256sum(path)
-    if actual != expected:
-        raise DataError(f"Checksum mismatch for '{path}' ({spec.name}): expected SHA-256 {expected}, "
-                        f"received {actual}. The file is corrupt or not the official one: delete it and "
-                        "download it again (`download=True`), or pass `verify_checksums=False` if you "
-                        "deliberately use a modified copy.")
+    if actual == expected:
+        return
+    known = _known_file(actual)
+    if known is not None and known[0].name != spec.name:
+        other = known[0]
+        raise DataError(
+            f"'{path}' is the official {other.title} file '{known[1]}' (its SHA-256 {actual} is "
+            f"{other.title}'s), but the dataset is {spec.name!r} ({spec.title}). These are the "
+            f"{other.title} files: set dataset={other.name} (config field `dataset`) to train on "
+            f"{other.title}, or point data_dir at the {spec.title} files. The files are not damaged; "
+            "do not delete them.")
+    if known is not None:
+        raise DataError(
+            f"'{path}' is the official {spec.title} file '{known[1]}' under the name '{fname}': the "
+            f"files are swapped or renamed. Give each file its own name ('{known[1]}' holds what "
+            f"'{fname}' should); the files themselves are not damaged.")
+    raise DataError(f"Checksum mismatch for '{path}' ({spec.name}): expected SHA-256 {expected}, "
+                    f"received {actual}, which is not the checksum of any known {spec.title} or "
+                    f"{' or '.join(s.title for s in SPECS.values() if s.name != spec.name)} file. The "
+                    "file is corrupt or not the official one: delete it and download it again "
+                    "(`download=True`), or pass `verify_checksums=False` if you deliberately use a "
+                    "modified copy.")
 
 
 def _keras_cache_dir():
@@ -153,13 +181,17 @@ def _load_digits(seed=0):
 
 
 def _read_files(directory, spec, verify_checksums, idx=True):
-    """Reads the four IDX files (if `idx`), or else a Keras .npz, from `directory`; None if absent."""
+    """Reads the four IDX files (if `idx`), or else a Keras .npz, from `directory`.
+
+    Returns ``(arrays, sources)``, `sources` naming where each split came from,
+    or None if the files are absent.
+    """
     idx_paths = {k: os.path.join(directory, f) for k, f in _IDX_FILES.items()}
     if idx and all(os.path.isfile(p) for p in idx_paths.values()):
         if verify_checksums:
             for p in idx_paths.values():
                 _verify(p, spec)
-        return {k: read_idx(p) for k, p in idx_paths.items()}
+        return {k: read_idx(p) for k, p in idx_paths.items()}, {k: f"'{p}'" for k, p in idx_paths.items()}
     for npz_name in spec.npz_names:
         path = os.path.join(directory, npz_name)
         if os.path.isfile(path):
@@ -167,10 +199,11 @@ def _read_files(directory, spec, verify_checksums, idx=True):
                 _verify(path, spec)
             try:
                 with np.load(path, allow_pickle=False) as f:
-                    return {k: f[k] for k in _SPLITS}
+                    arrays = {k: f[k] for k in _SPLITS}
             except (OSError, ValueError, KeyError, zlib.error) as e:
                 raise DataError(f"Could not read '{path}' as a Keras .npz with keys {', '.join(_SPLITS)} ({e}). "
                                 "Delete the file and download it again.") from e
+            return arrays, {k: f"'{path}' (array {k!r})" for k in _SPLITS}
     return None
 
 
@@ -206,7 +239,7 @@ def load_arrays(name, data_dir=None, verify_checksums=True, download=False):
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset. Expected one of {DATASETS}. Received: name={name!r}")
     if name == "digits":
-        return _load_digits()
+        return _check_arrays(_load_digits(), name, 10, {k: "scikit-learn's digits" for k in _SPLITS})
     spec = SPECS[name]
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
@@ -218,13 +251,13 @@ def load_arrays(name, data_dir=None, verify_checksums=True, download=False):
     else:
         cache = _keras_cache_dir()
         candidates = [os.path.join(cache, spec.cache_subdir), cache]
-    arrays = None
+    found = None
     for i, directory in enumerate(candidates):
         if os.path.isdir(directory):  # the Keras cache root itself only holds .npz files
-            arrays = _read_files(directory, spec, verify_checksums, idx=data_dir is not None or i == 0)
-            if arrays is not None:
+            found = _read_files(directory, spec, verify_checksums, idx=data_dir is not None or i == 0)
+            if found is not None:
                 break
-    if arrays is None:
+    if found is None:
         target = candidates[0]
         if not download:
             missing = [f for f in _IDX_FILES.values() if not os.path.isfile(os.path.join(target, f))]
@@ -233,18 +266,47 @@ def load_arrays(name, data_dir=None, verify_checksums=True, download=False):
                             f"`download: true`) to download them from {spec.base_url}, or put the four "
                             f"files {list(_IDX_FILES.values())} (or {spec.npz_names[0]}) into '{target}'.")
         _download(target, spec)
-        arrays = _read_files(target, spec, verify_checksums)
-    return _check_arrays(arrays, name)
+        found = _read_files(target, spec, verify_checksums)
+    arrays, sources = found
+    return _check_arrays(arrays, name, spec.num_classes, sources)
 
 
-def _check_arrays(arrays, name):
+def _check_arrays(arrays, name, num_classes, sources):
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"Inconsistent {name!r} {split} data: expected images N x H x W and N labels. "
                             f"Received: x_{split}.shape={x.shape}, y_{split}.shape={y.shape}. Check that "
                             "the files are not swapped or damaged; delete them and download them again.")
+        check_labels(y, num_classes, f"{sources[f'y_{split}']} ({name!r} {split} labels)")
     return {k: arrays[k].astype(np.uint8 if k.startswith("x") else np.int64, copy=False) for k in _SPLITS}
+
+
+def check_labels(y, num_classes, source="the labels"):
+    """Raises `DataError` (a ValueError) unless every label is an integer class index in [0, num_classes).
+
+    Out-of-range labels would otherwise reach the loss, which turns them into
+    NaN or garbage gradients that look like a diverging run. Cost: a min and a
+    max over the labels.
+    """
+    y = np.asarray(y)
+    if y.size == 0:
+        return
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            sample = ", ".join(str(v) for v in y.ravel()[:5])
+            raise DataError(f"{source}: labels must be integer class indices in [0, {num_classes - 1}]. "
+                            f"Received labels of dtype {y.dtype} (first values: {sample}).")
+    if y.min() >= 0 and y.max() < num_classes:
+        return
+    bad_mask = (y < 0) | (y >= num_classes)
+    bad = np.unique(y[bad_mask])
+    shown = ", ".join(str(v.item()) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+    raise DataError(
+        f"{source}: {int(bad_mask.sum())} of {y.size} labels are outside the valid range [0, {num_classes - 1}] "
+        f"for {num_classes} classes. Bad label values: {shown}. Each label must be a class index from 0 to "
+        f"{num_classes - 1}: check that the label files belong to this dataset and are not damaged or "
+        "swapped, or remap your labels.")
 
 
 def split_validation(x, y, num_validation=5000, seed=0):
@@ -255,7 +317,7 @@ def split_validation(x, y, num_validation=5000, seed=0):
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}")
     if not 0 <= num_validation < len(x):
-        raise ValueError(f"`num_validation` must be in [0, {len(x)}) (the training-set size) so that some "
+        raise ConfigError(f"`num_validation` must be in [0, {len(x)}) (the training-set size) so that some "
                          f"training data remain. Received: num_validation={num_validation}")
     held_out = np.zeros(len(x), dtype=bool)
     held_out[np.random.default_rng(seed).permutation(len(x))[:num_validation]] = True

@@ -28,15 +28,70 @@ REPORT = "selfcompress_export.json"
 
 @dataclasses.dataclass(frozen=True)
 class ExportReport:
+  """What `export()` wrote, in bytes; `print(report)` shows it as a table.
+
+  `total_bytes` = `weight_bytes` + `graph_bytes`, measured on disk. The dense
+  columns describe the unshed network as a plain float32 model exported in
+  the same format, the reference the ratios are taken against.
+  """
   path: str
-  packed_weight_bytes: int       # the packed codes alone
-  zlib_weight_bytes: int         # the same, entropy-coded with zlib -9
-  directory_bytes: int           # the whole SavedModel folder
+  format: str                    # "saved_model" or "tflite"
+  total_bytes: int               # the whole SavedModel folder / .tflite file
+  weight_bytes: int              # its weights: variables/, or constant buffers
+  graph_bytes: int               # the rest: graph, signatures, metadata
   accounting_bytes: float        # what selfcompress.size() says
-  dense_float32_bytes: int       # the float32 SavedModel of the same network
+  float32_accounting_bytes: float  # the accounting's float32 reference
+  dense_float32_bytes: int       # the dense float32 export, whole
+  dense_weight_bytes: int        # the dense float32 export's weights
+  packed_weight_bytes: int = None  # SavedModel: the packed codes alone
+  zlib_weight_bytes: int = None    # the same, entropy-coded with zlib -9
+
+  @property
+  def directory_bytes(self):
+    """The whole export (the name from when only folders were written)."""
+    return self.total_bytes
 
   def as_dict(self):
     return dataclasses.asdict(self)
+
+  def __str__(self):
+    name = {"saved_model": "SavedModel", "tflite": "LiteRT"}[self.format]
+    whole = "whole folder" if self.format == "saved_model" else "whole file"
+    where = ("variables/" if self.format == "saved_model"
+             else "constant buffers")
+    rows = [("", "this export", "dense float32", "dense / this"),
+            (f"weights ({where})", self.weight_bytes,
+             self.dense_weight_bytes),
+            ("graph and metadata", self.graph_bytes,
+             self.dense_float32_bytes - self.dense_weight_bytes),
+            (whole, self.total_bytes, self.dense_float32_bytes)]
+    cells = [[r[0]] + [_bytes(v) for v in r[1:]]
+             + [_ratio(r[2], r[1])] for r in rows[1:]]
+    cells.insert(0, list(rows[0]))
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    lines = [f"{name} export: {self.path}"]
+    lines += ["  " + c[0].ljust(widths[0]) + "".join(
+        "  " + v.rjust(w) for v, w in zip(c[1:], widths[1:])) for c in cells]
+    if self.packed_weight_bytes is not None:
+      lines.append(f"  packed weight codes: {_bytes(self.packed_weight_bytes)}"
+                   f" (zlib -9: {_bytes(self.zlib_weight_bytes)})")
+    lines.append(
+        f"  accounting (selfcompress.size): {_bytes(self.accounting_bytes)}; "
+        f"its float32 reference {_bytes(self.float32_accounting_bytes)} "
+        f"({_ratio(self.float32_accounting_bytes, self.accounting_bytes)} "
+        "smaller)")
+    lines.append(
+        f"  weights on disk / accounting: "
+        f"{_ratio(self.weight_bytes, self.accounting_bytes)}")
+    return "\n".join(lines)
+
+
+def _bytes(n):
+  return f"{n:,.0f} B"
+
+
+def _ratio(a, b):
+  return f"{a / b:.2f}x" if b else "-"
 
 
 class _Serving:
@@ -260,14 +315,18 @@ def _copy_weights(made):
 
 def export(model, path, format="saved_model", overwrite=False,
            litert_weights="float32"):
-  """Writes `model` for serving; returns an `ExportReport` (for LiteRT, the
-  file's size in bytes).
+  """Writes `model` for serving; returns an `ExportReport` (`print()` it
+  for the sizes: weights, graph, whole export, the accounting and the dense
+  float32 model's export, with their ratios).
 
   Args:
     model: a trained `SelfCompressingModel` (or any model of
       `selfcompress.layers`).
-    path: the SavedModel folder to create. Written to a temporary folder
-      first and renamed, so a failure leaves no half-written export.
+    path: the SavedModel folder (or .tflite file) to create. Written to a
+      hidden temporary folder (file) next to it and renamed, so a failure or
+      an interrupt leaves neither a half-written export nor the temporary
+      one. The export gets the usual permissions (umask), not tempfile's
+      owner-only ones.
     format: "saved_model", or "tflite" (LiteRT). LiteRT has no bitwise
       ops to unpack codes with, so the `.tflite` file holds the shed
       network's quantized weights in float32: smaller than the dense model
@@ -296,30 +355,49 @@ def export(model, path, format="saved_model", overwrite=False,
   path = os.path.abspath(os.fspath(path))
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+  size = accounting.size(model)
   if format == "tflite":
-    return _export_tflite(model, path, litert_weights)
+    return _export_tflite(model, path, litert_weights, size)
   compact, dense, packs = serving_models(model)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
+  # Hidden, next to `path` (one rename moves its "model" folder in: made by
+  # TensorFlow, with the usual permissions, not mkdtemp's 0700); removed
+  # whatever happens, KeyboardInterrupt included.
   tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
   try:
-    _write_saved_model(compact, os.path.join(tmp, "model"))
+    final = os.path.join(tmp, "model")
+    _write_saved_model(compact, final)
     dense_dir = os.path.join(tmp, "dense")
     _write_saved_model(dense, dense_dir)
-    dense_bytes = _folder_bytes(dense_dir)
     stream = b"".join(d.tobytes() for p in packs for _, d in p.groups.values())
     report = ExportReport(
-        path=path, packed_weight_bytes=sum(p.nbytes for p in packs),
-        zlib_weight_bytes=len(zlib.compress(stream, 9)),
-        directory_bytes=0, accounting_bytes=accounting.size(model).bytes,
-        dense_float32_bytes=dense_bytes)
-    final = os.path.join(tmp, "model")
-    report = dataclasses.replace(report, directory_bytes=_folder_bytes(final))
-    with open(os.path.join(final, REPORT), "w") as f:
-      json.dump(report.as_dict(), f, indent=2)
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(final, path)
+        path=path, format="saved_model", total_bytes=0,
+        weight_bytes=_folder_bytes(os.path.join(final, "variables")),
+        graph_bytes=0, accounting_bytes=size.bytes,
+        float32_accounting_bytes=size.float_bits / 8,
+        dense_float32_bytes=_folder_bytes(dense_dir),
+        dense_weight_bytes=_folder_bytes(os.path.join(dense_dir, "variables")),
+        packed_weight_bytes=sum(p.nbytes for p in packs),
+        zlib_weight_bytes=len(zlib.compress(stream, 9)))
+    for _ in range(10):  # the report counts itself: until its size settles
+      with open(os.path.join(final, REPORT), "w") as f:
+        json.dump(report.as_dict(), f, indent=2)
+      total = _folder_bytes(final)
+      if total == report.total_bytes:
+        break
+      report = dataclasses.replace(report, total_bytes=total,
+                                   graph_bytes=total - report.weight_bytes)
+    old = None
+    if os.path.exists(path):  # overwrite: the old export goes with `tmp`
+      old = os.path.join(tmp, "old")
+      os.replace(path, old)
+    try:
+      os.replace(final, path)
+    except BaseException:
+      if old is not None:
+        os.replace(old, path)
+      raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return report
@@ -421,21 +499,46 @@ def run_litert(path, x):
   return it.get_tensor(out["index"])
 
 
-def _export_tflite(model, path, weights):
-  """Writes `path` (a .tflite file) atomically; returns its size in bytes."""
-  twin = float_model(shedding.shed(model))
-  with tempfile.TemporaryDirectory() as tmp:
-    # What from_keras_model does, without its printout of the signature.
-    twin.export(tmp, verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-    if weights == "float16":
-      converter.optimizations = [tf.lite.Optimize.DEFAULT]
-      converter.target_spec.supported_types = [tf.float16]
-    data = converter.convert()
+def _export_tflite(model, path, weights, size):
+  """Writes `path` (a .tflite file) atomically; returns its `ExportReport`."""
+  data = _convert_litert(float_model(shedding.shed(model)), weights)
+  dense = _convert_litert(float_model(model), "float32")
+  report = ExportReport(
+      path=path, format="tflite", total_bytes=len(data),
+      weight_bytes=_litert_buffer_bytes(data),
+      graph_bytes=len(data) - _litert_buffer_bytes(data),
+      accounting_bytes=size.bytes,
+      float32_accounting_bytes=size.float_bits / 8,
+      dense_float32_bytes=len(dense),
+      dense_weight_bytes=_litert_buffer_bytes(dense))
 
   def write(tmp):
     with open(tmp, "wb") as f:
       f.write(data)
   from selfcompress import checkpoint
   checkpoint.atomic_write(path, write)
-  return len(data)
+  return report
+
+
+def _convert_litert(twin, weights):
+  """The LiteRT flatbuffer of the plain Keras model `twin`, as bytes."""
+  with tempfile.TemporaryDirectory(prefix="selfcompress-litert-") as tmp:
+    # What from_keras_model does, without its printout of the signature.
+    twin.export(tmp, verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    if weights == "float16":
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def _litert_buffer_bytes(data):
+  """Bytes of a LiteRT flatbuffer's constant buffers (its weights)."""
+  from tensorflow.lite.python import schema_py_generated as schema
+  model = schema.Model.GetRootAsModel(data, 0)
+  total = 0
+  for i in range(model.BuffersLength()):
+    buffer = model.Buffers(i)
+    # Files over 2 GB keep buffers outside the flatbuffer (offset, size).
+    total += buffer.Size() if buffer.Offset() > 1 else buffer.DataLength()
+  return total

@@ -154,7 +154,7 @@ class SelfCompressingModel(keras.Model):
     reported, and each epoch's logs carry the exact size at its end. Under
     `MultiWorkerMirroredStrategy` it runs `selfcompress.distribute.fit_loop`
     (same step, loss and callbacks), as Keras' own loop fails there."""
-    from selfcompress.callbacks import CompressionMonitor  # avoid import cycle
+    from selfcompress.callbacks import CompressionMonitor
     bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
     callbacks = list(bound.arguments.get("callbacks") or [])
     if not any(isinstance(c, CompressionMonitor) for c in callbacks):
@@ -163,7 +163,7 @@ class SelfCompressingModel(keras.Model):
     bound.arguments["callbacks"] = callbacks
     bound.arguments.pop("self")
     extra = bound.arguments.pop("kwargs", {})
-    from selfcompress import distribute  # avoid import cycle
+    from selfcompress import distribute
     if distribute.needs_loop(self):  # multi-worker: Keras' fit cannot
       return distribute.fit_loop(self, **bound.arguments, **extra)
     return super().fit(**bound.arguments, **extra)

@@ -2,8 +2,9 @@
 
 A kernel's codes are stored channel by channel in two's complement, `b_o`
 bits each for output channel `o`. Channels are grouped by bit depth so that
-unpacking is a handful of vectorised ops (no per-channel loop), which runs
-inside the exported graph (`unpack_ops`) or in NumPy (`unpack`).
+unpacking is a handful of vectorised ops (no per-channel loop): in NumPy
+(`unpack`), and in the exported SavedModel, where the serving layers decode
+their kernels with Keras ops (`selfcompress.exporting._Packed.stored_kernel`).
 """
 
 import dataclasses

@@ -272,3 +272,74 @@ def test_load_digits_convenience():
     assert d0.validation is None and d0.input_shape == (64,)
     with pytest.raises(Exception):
         d0.num_train = 5  # frozen
+
+
+# --- messages that name the actual problem ----------------------------------
+
+def _pretend_official(monkeypatch, name, directory):
+    """Registers the files in `directory` as the official files of dataset `name`."""
+    import dataclasses
+
+    sums = {f: data.sha256sum(os.path.join(directory, f)) for f in os.listdir(directory)}
+    monkeypatch.setitem(data.SPECS, name, dataclasses.replace(data.SPECS[name], sha256=sums))
+
+
+def test_other_datasets_official_files_are_named_not_called_corrupt(tmp_path, monkeypatch):
+    directory = write_dataset_dir(str(tmp_path / "fashion"), tiny_arrays())
+    _pretend_official(monkeypatch, "fashion_mnist", directory)
+    with pytest.raises(DataError) as info:
+        data.load_arrays("mnist", directory)
+    message = str(info.value)
+    assert "These are the Fashion-MNIST files" in message
+    assert "dataset=fashion_mnist" in message and "data_dir" in message and "MNIST files" in message
+    assert "corrupt" not in message and "delete it" not in message
+    # The same files as what they are load fine.
+    assert data.load_arrays("fashion_mnist", directory)["x_train"].shape == (12, 28, 28)
+
+
+def test_swapped_official_files_are_named(tmp_path, monkeypatch):
+    directory = write_dataset_dir(str(tmp_path / "mnist"), tiny_arrays())
+    _pretend_official(monkeypatch, "mnist", directory)
+    train, test = (os.path.join(directory, f) for f in ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+    os.rename(train, train + ".x")
+    os.rename(test, train)
+    os.rename(train + ".x", test)
+    with pytest.raises(DataError, match="swapped or renamed") as info:
+        data.load_arrays("mnist", directory)
+    assert "corrupt" not in str(info.value)
+
+
+def test_unknown_checksum_still_says_corrupt(tmp_path):
+    directory = write_dataset_dir(str(tmp_path / "mnist"), tiny_arrays())
+    with pytest.raises(DataError, match="corrupt or not the official one"):
+        data.load_arrays("fashion_mnist", directory)
+
+
+@pytest.mark.parametrize("split, bad", [("y_train", [10]), ("y_test", [10, 12]), ("y_train", [-1])])
+def test_out_of_range_labels_are_reported_at_load(tmp_path, split, bad):
+    arrays = tiny_arrays()
+    if min(bad) < 0:  # IDX labels are unsigned; signed ones come as int8
+        arrays = {k: v.astype(np.int8) if k.startswith("y") else v for k, v in arrays.items()}
+    arrays[split][:len(bad)] = bad
+    directory = write_dataset_dir(str(tmp_path / "d"), arrays)
+    with pytest.raises(ValueError, match=r"valid range \[0, 9\]") as info:
+        data.load_arrays("mnist", directory, verify_checksums=False)
+    message = str(info.value)
+    fname = {"y_train": "train-labels-idx1-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}[split]
+    assert fname in message and "'mnist'" in message and "learning rate" not in message
+    assert f"Bad label values: {', '.join(str(v) for v in sorted(bad))}." in message
+    # The convenience loader stops at the same place, before any training.
+    with pytest.raises(ValueError, match="Bad label values"):
+        data.load("mnist", directory, verify_checksums=False, num_validation=2)
+
+
+def test_out_of_range_labels_in_npz_and_non_integer_labels(tmp_path):
+    arrays = tiny_arrays()
+    arrays["y_test"] = arrays["y_test"].astype(np.int64)
+    arrays["y_test"][3] = 255
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    with pytest.raises(ValueError, match=r"mnist\.npz' \(array 'y_test'\).*Bad label values: 255\."):
+        data.load_arrays("mnist", tmp_path, verify_checksums=False)
+    with pytest.raises(ValueError, match="integer class indices"):
+        data.check_labels(np.array([0.0, 1.5]), 10)
+    data.check_labels(np.array([0.0, 9.0]), 10)  # integral floats are fine

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -179,8 +180,8 @@ def test_litert_export_matches_within_float_tolerance(build, tmp_path):
   x = rng.normal(size=(8,) + tuple(model.input_shape[1:])).astype("float32")
   expected = np.asarray(model(x, training=False))
   path = str(tmp_path / "model.tflite")
-  nbytes = sc.export(model, path, format="tflite")
-  assert os.path.getsize(path) == nbytes
+  report = sc.export(model, path, format="tflite")
+  assert os.path.getsize(path) == report.total_bytes
   served = exporting.run_litert(path, x)
   np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-4)
   np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
@@ -200,7 +201,7 @@ def test_litert_float16_weights_halve_the_file(tmp_path):
   for weights in ("float32", "float16"):
     path = str(tmp_path / f"{weights}.tflite")
     sizes[weights] = sc.export(model, path, format="tflite",
-                               litert_weights=weights)
+                               litert_weights=weights).total_bytes
     # float16 rounding of the folded weights: ~2^-11 relative per weight.
     np.testing.assert_allclose(exporting.run_litert(path, x), expected,
                                atol=5e-3 * np.abs(expected).max(), rtol=0)
@@ -217,13 +218,202 @@ def test_export_tool_writes_both_formats(tmp_path):
   model.save(tmp_path / "model.keras")
   tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "tools", "export.py")
-  x = np.random.default_rng(5).normal(size=(4, 12)).astype("float32")
-  for args in (["--output", str(tmp_path / "served")],
-               ["--output", str(tmp_path / "m.tflite"), "--format=tflite",
-                "--litert_weights=float16"]):
+  x = np.random.default_rng(5).normal(size=(16, 12)).astype("float32")
+  expected = np.asarray(model(x, training=False))
+  # The inputs matter: every output moves with them, so a constant (or
+  # input-blind) export could not match.
+  assert (expected.std(axis=0) > 0.05 * np.abs(expected).max()).all()
+  printed = {}
+  for name, args in (("served", []),
+                     ("m.tflite", ["--format=tflite",
+                                   "--litert_weights=float16"])):
     done = subprocess.run([sys.executable, tool, f"--model={tmp_path}/model.keras",
-                           *args], capture_output=True, text=True, timeout=300)
+                           f"--output={tmp_path / name}", *args],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-  np.testing.assert_allclose(_serve(str(tmp_path / "served"), x),
-                             np.asarray(model(x, training=False)), atol=1e-5)
-  assert os.path.getsize(tmp_path / "m.tflite") > 0
+    printed[name] = done.stdout
+  np.testing.assert_allclose(_serve(str(tmp_path / "served"), x), expected,
+                             atol=1e-5)
+  # The LiteRT file, run by the LiteRT interpreter (float16 weights: ~2^-11
+  # relative rounding per weight).
+  served = exporting.run_litert(str(tmp_path / "m.tflite"), x)
+  np.testing.assert_allclose(served, expected,
+                             atol=5e-3 * np.abs(expected).max(), rtol=0)
+  np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
+  # The printed report: a table, with the sizes that are on disk.
+  folder = exporting._folder_bytes(tmp_path / "served")
+  assert "SavedModel export:" in printed["served"]
+  assert f"whole folder" in printed["served"] and f"{folder:,} B" in printed["served"]
+  assert "packed weight codes" in printed["served"]
+  assert "LiteRT export:" in printed["m.tflite"]
+  assert f"{os.path.getsize(tmp_path / 'm.tflite'):,} B" in printed["m.tflite"]
+  for out in printed.values():
+    assert "dense float32" in out and "accounting" in out and "x" in out
+    assert "ExportReport(" not in out
+
+
+@pytest.mark.parametrize("format", ["saved_model", "tflite"])
+def test_report_adds_up_and_matches_the_disk(format, tmp_path):
+  model = _half_dead(mlp, np.random.default_rng(6))
+  path = tmp_path / ("m.tflite" if format == "tflite" else "m")
+  report = sc.export(model, path, format=format)
+  on_disk = (os.path.getsize(path) if format == "tflite"
+             else exporting._folder_bytes(path))
+  assert report.total_bytes == on_disk == report.directory_bytes
+  assert report.weight_bytes + report.graph_bytes == report.total_bytes
+  assert report.weight_bytes > 0 and report.dense_weight_bytes > 0
+  assert report.accounting_bytes == pytest.approx(sc.size(model).bytes)
+  assert report.float32_accounting_bytes == pytest.approx(
+      sc.size(model).float_bits / 8)
+  text = str(report)
+  assert text.count("\n") >= 5 and str(path) in text
+  for n in (report.weight_bytes, report.graph_bytes, report.total_bytes,
+            report.dense_float32_bytes, report.dense_weight_bytes):
+    assert f"{n:,} B" in text
+  ratio = report.dense_float32_bytes / report.total_bytes
+  assert f"{ratio:.2f}x" in text
+  if format == "saved_model":
+    saved = json.load(open(path / exporting.REPORT))
+    assert saved == json.loads(json.dumps(report.as_dict()))
+    assert f"{report.packed_weight_bytes:,} B" in text
+  else:
+    assert report.packed_weight_bytes is None and "packed" not in text
+
+
+def _modes(path):
+  """Permission bits of `path` and everything under it."""
+  out = {str(path): os.stat(path).st_mode & 0o777}
+  for folder, dirs, files in os.walk(path):
+    for name in dirs + files:
+      out[os.path.join(folder, name)] = os.stat(
+          os.path.join(folder, name)).st_mode & 0o777
+  return out
+
+
+def test_exports_get_the_usual_permissions(tmp_path):
+  """0644 files and 0755 folders under the usual umask, not the owner-only
+  0600/0700 that tempfile gives its files and folders."""
+  umask = 0o022
+  model = sc.compress(mlp())
+  old = os.umask(umask)
+  try:
+    sc.export(model, tmp_path / "sm")
+    sc.export(model, tmp_path / "m.tflite", format="tflite")
+  finally:
+    os.umask(old)
+  for path, mode in {**_modes(tmp_path / "sm"),
+                     **_modes(tmp_path / "m.tflite")}.items():
+    want = (0o777 if os.path.isdir(path) else 0o666) & ~umask
+    assert mode == want, (path, oct(mode), oct(want))
+
+
+def test_interrupted_exports_leave_no_temporary_files(tmp_path, monkeypatch):
+  """A KeyboardInterrupt mid-write: no hidden folder or file stays behind,
+  and an export being overwritten is still there, whole."""
+  model = sc.compress(mlp())
+  out = tmp_path / "out"
+  scratch = tmp_path / "scratch"  # the system temp folder, for this test
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  sc.export(model, out / "sm")
+  before = sorted(os.listdir(out / "sm"))
+  real_write = exporting._write_saved_model
+  calls = []
+
+  def interrupted(m, path):  # the compact model is written, then ^C
+    calls.append(path)
+    real_write(m, path)
+    if len(calls) == 1:
+      open(os.path.join(path, "partial"), "wb").close()
+      raise KeyboardInterrupt
+  monkeypatch.setattr(exporting, "_write_saved_model", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    sc.export(model, out / "sm", overwrite=True)
+  written = list(calls)
+  calls.clear()
+  with pytest.raises(KeyboardInterrupt):
+    sc.export(model, out / "new")
+  calls += written
+  assert os.listdir(out) == ["sm"] and sorted(os.listdir(out / "sm")) == before
+  assert all(os.path.dirname(c).startswith(str(out)) for c in calls)
+  monkeypatch.setattr(exporting, "_write_saved_model", real_write)
+
+  def converter_interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model",
+                      converter_interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    sc.export(model, out / "m.tflite", format="tflite")
+  monkeypatch.undo()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+  def replace_interrupted(src, dst):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(os, "replace", replace_interrupted)
+  with pytest.raises(KeyboardInterrupt):  # the file is written, then ^C
+    sc.export(model, out / "m.tflite", format="tflite")
+  monkeypatch.undo()
+  assert os.listdir(out) == ["sm"]
+  # (TensorFlow's autograph leaves its generated modules there; not ours.)
+  assert [p for p in os.listdir(scratch)
+          if not p.startswith("__autograph_generated_file")] == []
+
+
+def test_load_model_and_summary_of_a_path(tmp_path):
+  model = _half_dead(conv_bn_flatten, np.random.default_rng(7))
+  path = tmp_path / "m.keras"
+  model.save(path)
+  loaded = sc.load_model(path)
+  x = np.random.default_rng(8).normal(size=(4, 10, 10, 3)).astype("float32")
+  np.testing.assert_allclose(loaded(x, training=False),
+                             model(x, training=False), atol=1e-6)
+  lines = []
+  report = sc.summary(str(path), print_fn=lines.append)
+  assert report.bits == sc.size(model).bits and "Total:" in lines[0]
+  assert sc.summary(path, print_fn=lines.append).bits == report.bits
+  with pytest.raises(TypeError, match="Keras model, a SizeReport.*path"):
+    sc.summary(3)
+  with pytest.raises(FileNotFoundError, match="not a file"):
+    sc.summary(str(tmp_path / "missing.keras"))
+
+
+@keras.saving.register_keras_serializable(package="someone_else")
+class _Twice(keras.layers.Layer):
+  def call(self, x):
+    return 2.0 * x
+
+
+def test_load_model_names_what_is_not_registered(tmp_path, monkeypatch):
+  """A file needing a class nobody imported: the message names it, its
+  module, and says to import it (Keras' own says 'Could not locate')."""
+  from keras.src.saving import object_registration
+  model = sc.compress(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                        _Twice()]))
+  model.save(tmp_path / "m.keras")
+  registry = dict(object_registration.GLOBAL_CUSTOM_OBJECTS)
+  del registry["someone_else>_Twice"]
+  monkeypatch.setattr(object_registration, "GLOBAL_CUSTOM_OBJECTS", registry)
+  with pytest.raises(TypeError) as info:
+    sc.load_model(tmp_path / "m.keras")
+  message = str(info.value)
+  assert "'someone_else>_Twice' (module test_export)" in message
+  assert "Import test_export" in message and "custom_objects" in message
+  assert "selfcompress" not in message.split("Cannot load")[1].split(":")[1]
+  loaded = sc.load_model(tmp_path / "m.keras",
+                         custom_objects={"someone_else>_Twice": _Twice})
+  assert isinstance(loaded.layers[-1], _Twice)
+
+
+def test_selfcompress_classes_name_their_module_in_the_file(tmp_path):
+  """Keras imports a registered class's module itself only for its own
+  packages, so a process that never imported selfcompress cannot load the
+  file with keras.models.load_model; the file names the module to import,
+  and sc.load_model (or `import selfcompress`) loads it."""
+  import zipfile
+  model = sc.compress(mlp())
+  model.save(tmp_path / "m.keras")
+  config = json.loads(zipfile.ZipFile(tmp_path / "m.keras").read("config.json"))
+  assert config["registered_name"] == "selfcompress>SelfCompressingModel"
+  assert config["module"].startswith("selfcompress.")
+  from selfcompress import saving
+  assert saving.unregistered_classes(tmp_path / "m.keras") == []

@@ -25,3 +25,25 @@ def test_out_of_range_codes_and_live_dead_channels_are_rejected():
     packing.pack(np.array([[2]]), [2])
   with pytest.raises(ValueError, match="dead"):
     packing.pack(np.array([[1]]), [0])
+
+
+def test_the_module_docstring_names_what_exists():
+  """The functions the docstring sends readers to, "(`name`)", exist."""
+  import importlib
+  import re
+  names = re.findall(r"\(`([\w.]+)`\)", packing.__doc__)
+  assert len(names) >= 2, names
+  for name in names:
+    parts = name.split(".")
+    if len(parts) == 1:
+      assert callable(getattr(packing, name)), name
+      continue
+    for i in range(len(parts) - 1, 0, -1):  # the longest importable module
+      try:
+        obj = importlib.import_module(".".join(parts[:i]))
+        break
+      except ImportError:
+        continue
+    for attr in parts[i:]:
+      obj = getattr(obj, attr)
+    assert callable(obj), name

@@ -45,7 +45,8 @@ def litert(model, work):
   expected = np.asarray(model(x, training=False))
   for weights in ("float32", "float16"):
     path = os.path.join(work, f"{weights}.tflite")
-    nbytes = sc.export(model, path, format="tflite", litert_weights=weights)
+    nbytes = sc.export(model, path, format="tflite",
+                       litert_weights=weights).total_bytes
     served = export_lib.run_litert(path, x)
     same = (served.argmax(1) == expected.argmax(1)).mean()
     print(f"  LiteRT, {weights} weights: {nbytes:,} B; max |LiteRT - trained| "
