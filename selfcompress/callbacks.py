@@ -81,7 +81,8 @@ class CompressionMonitor(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-  """Records each epoch's logs and prints one readable line per epoch.
+  """Records each epoch's logs and prints one readable line per epoch
+  (`print_fn=None`: prints nothing, e.g. under Keras' own progress bar).
 
   The records (`history`, a list of dicts, shared with the checkpoint) are
   also written to `metrics.json` and `metrics.csv` in `directory`, atomically.
@@ -103,7 +104,8 @@ class EpochLog(keras.callbacks.Callback):
               "seconds": time.perf_counter() - self._start}
     record.update({k: float(np.asarray(v)) for k, v in (logs or {}).items()})
     self.history.append(record)
-    self.print_fn(format_epoch(record, self.total_epochs))
+    if self.print_fn is not None:
+      self.print_fn(format_epoch(record, self.total_epochs))
     if self.directory:
       write_history(self.directory, self.history)
 
@@ -123,11 +125,19 @@ def format_epoch(r, total=None):
   return " | ".join(parts)
 
 
+# metrics.csv's leading columns; the others follow in alphabetical order, so
+# the order is the same however the records were stored (a resumed run reads
+# them back from JSON).
+_FIRST_COLUMNS = ("epoch", "seconds", "loss", "accuracy", "val_loss",
+                  "val_accuracy", "size_kb", "compression_ratio",
+                  "bits_per_weight", "alive_channels")
+
+
 def write_history(directory, history):
   checkpoint.write_json(os.path.join(directory, "metrics.json"), history)
-  keys = []
-  for r in history:
-    keys += [k for k in r if k not in keys]
+  present = {k for r in history for k in r}
+  keys = [k for k in _FIRST_COLUMNS if k in present]
+  keys += sorted(present - set(keys))
   lines = [",".join(keys)]
   lines += [",".join(repr(r.get(k, "")) for k in keys) for r in history]
   checkpoint.write_text(os.path.join(directory, "metrics.csv"),

@@ -17,7 +17,12 @@ import tempfile
 
 import keras
 
+from selfcompress.errors import WorkdirError
+
 STATE = "state.json"
+# The process's umask (read once: reading it means setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def atomic_write(path, write):
@@ -30,6 +35,9 @@ def atomic_write(path, write):
   os.close(fd)
   try:
     write(tmp)
+    # mkstemp makes the file private (0600); give it the permissions any
+    # other new file gets (0644 under the usual umask).
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -44,8 +52,9 @@ def write_text(path, text):
   atomic_write(path, write)
 
 
-def write_json(path, obj):
-  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+def write_json(path, obj, sort_keys=True):
+  write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys,
+                              default=float) + "\n")
 
 
 def save(directory, model, epoch, history):
@@ -53,7 +62,8 @@ def save(directory, model, epoch, history):
   name = f"epoch-{epoch:05d}.keras"
   atomic_write(os.path.join(directory, name), model.save)
   write_json(os.path.join(directory, STATE),
-             {"epoch": epoch, "checkpoint": name, "history": history})
+             {"epoch": epoch, "checkpoint": name, "history": history},
+             sort_keys=False)
   for old in os.listdir(directory):
     if old.endswith(".keras") and old != name:
       os.remove(os.path.join(directory, old))
@@ -69,7 +79,7 @@ def restore(directory):
       state = json.load(f)
     model = keras.models.load_model(os.path.join(directory, state["checkpoint"]))
   except (OSError, ValueError, KeyError) as e:
-    raise RuntimeError(
+    raise WorkdirError(
         f"The checkpoint in {directory} cannot be read ({e}). Delete that "
         "folder to start over, or point --workdir elsewhere.") from e
   return model, state["epoch"], state["history"]

@@ -1,39 +1,156 @@
 """Command-line entry points (absl flags + ml_collections configs). Each is a
 thin shell over one library call; `tools/*.py` and the console scripts
 `selfcompress-train` / `selfcompress-sweep` / `selfcompress-imp` /
-`selfcompress-export` run these."""
+`selfcompress-export` run these.
+
+A mistake in what the user gave (a config field, a value, data, a workdir;
+`selfcompress.errors.UserError`) prints one message without a traceback and
+exits with status 1. `--help` lists the flags and the config fields.
+"""
 
 import os
+import re
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+_PER_LAYER = "--config.compressor_per_layer."
+
+
+def _fail(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _take_per_layer_args():
+  """Removes `--config.compressor_per_layer.LAYER=METHOD` from sys.argv
+  (ml_collections reads overrides from it, and the locked config cannot hold
+  a field for a layer it has not heard of) and keeps them for `_config()`."""
+  rest = [sys.argv[0]]
+  for arg in sys.argv[1:]:
+    if arg.startswith(_PER_LAYER):
+      name, sep, value = arg[len(_PER_LAYER):].partition("=")
+      if not (name and sep and value):
+        _fail(f"{arg}: give it as {_PER_LAYER}LAYER=METHOD, e.g. "
+              f"{_PER_LAYER}dense=gates.")
+      _PER_LAYER_ARGS[name] = value
+    else:
+      rest.append(arg)
+  sys.argv[:] = rest
+
+
+_PER_LAYER_ARGS = {}
 
 
 def _common_flags():
+  _take_per_layer_args()
   config_flags.DEFINE_config_file(
-      "config", None, "Config file: configs/NAME.py[:arg]", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where results, logs and checkpoints go.")
-  flags.mark_flags_as_required(["config", "workdir"])
+      "config", None, "Config file: configs/NAME.py[:arg]; override any field "
+      "with --config.FIELD=VALUE (fields: see above).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where results, logs and checkpoints "
+                      "go. Run the same command again to resume.")
+
+
+def _parse(argv):
+  """absl's parsing, with one clear line, not a traceback, for a mistyped
+  flag or config field. `--help` prints the usage and exits 0."""
+  if any(a in ("--help", "-h", "-help", "--helpshort", "-?") for a in argv[1:]):
+    module = sys.modules["__main__"]
+    print((module.__doc__ or "").rstrip() + "\n")
+    print("Flags:")
+    print(FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{e}\nPass --help for the flags and config fields.")
+  except (AttributeError, KeyError) as e:
+    # ml_collections: an override of a field the config does not have; its
+    # message carries a suggestion ('Did you mean "gamma" instead of ...').
+    text = str(e).replace("\\'", "'")
+    names = re.findall(r"'([A-Za-z0-9_]+)'", text)
+    field = names[0] if names else "?"
+    given = next((a.split("=")[0] for a in argv[1:]
+                  if a.startswith("--config.")
+                  and a.split("=")[0].rsplit(".", 1)[-1] == field),
+                 f"--config...{field}")
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    fix = (f" Did you mean {given.rsplit('.', 1)[0]}.{hint.group(1)}?"
+           if hint else "")
+    _fail(f"{given}: the config has no field {field!r}.{fix} Pass --help for "
+          "the config fields.")
+  except (TypeError, ValueError) as e:
+    _fail(f"{e}\nPass --help for the flags and config fields.")
+
+
+def _config():
+  """FLAGS.config with the per-layer overrides, or one clear error."""
+  config = FLAGS.config
+  if config is None:
+    _fail("--config is required: a config file such as "
+          "--config=configs/default.py.")
+  try:
+    config.keys()
+  except OSError as e:  # the config file is missing or failed to load
+    _fail(f"--config: cannot load the config file. {e.__cause__ or e}")
+  for name, value in _PER_LAYER_ARGS.items():
+    with config.unlocked():
+      config.compressor_per_layer[name] = value
+  return config
+
+
+def _require_workdir():
+  if not FLAGS.workdir:
+    _fail("--workdir is required: the folder for the run's results, logs and "
+          "checkpoints (a new one, or the same as before to resume).")
 
 
 def _no_args(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _fail(f"Unexpected arguments: {argv[1:]}. Flags take the form "
+          "--name=value.")
+
+
+def _run(main, with_config=True):
+  """app.run(main) with quiet imports, the config fields in --help, and
+  user errors as one line."""
+  if with_config:
+    from selfcompress import config as config_lib
+    module = sys.modules["__main__"]
+    module.__doc__ = ((module.__doc__ or "").rstrip() + "\n\n"
+                      + config_lib.describe() + "\n")
+  from selfcompress import callbacks, errors
+
+  def wrapped(argv):
+    if not FLAGS["verbosity"].present:
+      # Only warnings from absl/TensorFlow's Python logging (-v 0: info).
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except (errors.UserError, callbacks.TrainingDivergedError) as e:
+      _fail(str(e))
+    except KeyboardInterrupt:
+      _fail("interrupted. Run the same command again to resume.")
+  app.run(wrapped, flags_parser=_parse)
 
 
 def train():
   """Trains and evaluates one config; run again to resume."""
   _common_flags()
+  flags.DEFINE_bool("extend_epochs", False, "Let a finished (or interrupted) "
+                    "run continue to a larger --config.epochs (constant "
+                    "learning rate only).")
 
   def main(argv):
     _no_args(argv)
+    _require_workdir()
+    config = _config()
     from selfcompress import training
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  app.run(main)
+    training.train_and_evaluate(config, FLAGS.workdir,
+                                extend_epochs=FLAGS.extend_epochs)
+  _run(main)
 
 
 def imp():
@@ -42,9 +159,11 @@ def imp():
 
   def main(argv):
     _no_args(argv)
+    _require_workdir()
+    config = _config()
     from selfcompress import imp as imp_lib
-    imp_lib.run(FLAGS.config, FLAGS.workdir)
-  app.run(main)
+    imp_lib.run(config, FLAGS.workdir)
+  _run(main)
 
 
 def sweep():
@@ -57,15 +176,17 @@ def sweep():
 
   def main(argv):
     _no_args(argv)
+    _require_workdir()
+    config = _config()
     from selfcompress import sweep as sweep_lib
     try:
       gammas = [float(g) for g in FLAGS.gammas]
       seeds = [int(s) for s in FLAGS.seeds]
     except ValueError as e:
-      raise app.UsageError(f"--gammas takes numbers, --seeds integers: {e}")
-    sweep_lib.run_sweep(FLAGS.config, FLAGS.workdir, gammas, seeds,
+      _fail(f"--gammas takes numbers, --seeds integers: {e}")
+    sweep_lib.run_sweep(config, FLAGS.workdir, gammas, seeds,
                         dense=FLAGS.dense)
-  app.run(main)
+  _run(main)
 
 
 def export():
@@ -80,21 +201,26 @@ def export():
                     "With --format=tflite: float16 halves the weights, "
                     "rounding some of them (see selfcompress.export).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing export.")
-  flags.mark_flags_as_required(["output"])
 
   def main(argv):
     _no_args(argv)
     if bool(FLAGS.workdir) == bool(FLAGS.model):
-      raise app.UsageError("Give exactly one of --workdir and --model.")
+      _fail("Give exactly one of --workdir and --model.")
+    if not FLAGS.output:
+      _fail("--output is required: the SavedModel folder or .tflite file to "
+            "write.")
     path = FLAGS.model or os.path.join(FLAGS.workdir, "model.keras")
     if not os.path.exists(path):
-      raise app.UsageError(
+      _fail(
           f"{path} does not exist. A workdir has model.keras once "
           "tools/train.py has finished; otherwise pass --model=FILE.keras.")
-    import keras
     import selfcompress as sc
-    report = sc.export(keras.models.load_model(path), FLAGS.output,
-                       format=FLAGS.format, overwrite=FLAGS.overwrite,
-                       litert_weights=FLAGS.litert_weights)
-    print(report)
-  app.run(main)
+    try:
+      report = sc.export(sc.load_model(path), FLAGS.output,
+                         format=FLAGS.format, overwrite=FLAGS.overwrite,
+                         litert_weights=FLAGS.litert_weights)
+    except FileExistsError:
+      _fail(f"--output={FLAGS.output} exists. Pass --overwrite to replace "
+            "it, or choose another --output.")
+    print(report)  # a table: weights, graph, whole export, dense, accounting
+  _run(main, with_config=False)

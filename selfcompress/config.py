@@ -4,59 +4,138 @@ default lives here, never in `config.get(key, default)` in the code)."""
 import ml_collections
 from ml_collections import config_dict
 
+from selfcompress.errors import ConfigError
+
+
+# One line per field: what it means. `--help` lists these with their
+# defaults, and `tests/test_training.py` checks every field has one.
+DOCS = {
+    "method": "selfcompress | dense (the float32 baseline)",
+    "dataset": "digits (bundled with scikit-learn) | mnist | fashion_mnist",
+    "data_dir": "folder of the dataset's files; None: the Keras cache folder",
+    "download": "fetch missing MNIST/Fashion-MNIST files (needs internet)",
+    "verify_checksums": "check the SHA-256 of the canonical dataset files",
+    "num_validation": "training examples held out for validation; None: "
+                      "5,000 for MNIST, 10% for digits",
+    "max_train_examples": "train on the first N examples; 0: all",
+    "model": "a built-in model: mlp | lenet300 | lenet5 | cnn",
+    "model_kwargs": "keyword arguments of the model builder",
+    "seed": "seed of the initialisation, data order and gate noise",
+    "epochs": "epochs to train",
+    "batch_size": "examples per step",
+    "learning_rate": "Adam's learning rate for the weights",
+    "lr_schedule": "constant | cosine (decays to 0 over the run)",
+    "gamma": "weight of the size term of the loss (bits per weight)",
+    "target_kb": "a size budget in KB: gamma adapts to reach it; None: fixed "
+                 "gamma",
+    "target_rate": "how fast gamma adapts towards target_kb",
+    "compressor": "bits (learned bit depths) | gates (L0 gates, float32 "
+                  "weights) | gates+bits",
+    "compressor_per_layer": "per layer name: a compressor, or none "
+                            "(uncompressed); --config.compressor_per_layer."
+                            "LAYER=METHOD",
+    "bits_init": "initial bit depth of every channel",
+    "lr_multiplier": "learning rate of bit depths and exponents vs the "
+                     "weights'",
+    "log_alpha_init": "initial gate log-odds (3.0: gates start open)",
+    "gate_lr_multiplier": "learning rate of the gates vs the weights'",
+    "min_channels": "channels each layer keeps at least",
+    "shed_every_epochs": "physically remove dead channels every N epochs; 0: "
+                         "never",
+    "shed_min_reduction": "...only if that removes at least this share of "
+                          "the parameters",
+    "strategy": "default | one_device | mirrored | multi_worker | tpu",
+    "tpu_address": "tpu: a name or grpc://host:port; empty: this VM's TPU",
+    "cpu_devices": "split the CPU into N logical devices (to try mirrored); "
+                   "0: one",
+    "imp.levels": "IMP: pruning rounds after the dense level 0",
+    "imp.fraction": "IMP: share of the remaining weights pruned per round",
+    "imp.strategy": "IMP: layerwise_magnitude | global_magnitude | random",
+    "imp.output_rate": "IMP: the output layer prunes fraction * this",
+    "imp.layer_fractions": "IMP: one fraction per kernel in model order, or "
+                           "() for fraction everywhere",
+    "imp.reset": "IMP: init | rewind | lr_rewind | finetune | reinit",
+    "imp.rewind_epoch": "IMP, reset=rewind: the epoch whose weights are "
+                        "rewound to",
+    "imp.finetune_learning_rate": "IMP, reset=finetune: the constant "
+                                  "learning rate",
+    "imp.mask_from": "IMP: another IMP workdir whose masks are reused",
+    "checkpoint_every_epochs": "save a resumable checkpoint every N epochs",
+    "verbose": "0: quiet | 1: one line per epoch | 2: Keras' progress bar "
+               "per step",
+}
+
 
 def base():
-  """All fields `train_and_evaluate` reads, with their defaults."""
+  """All fields `train_and_evaluate` reads, with their defaults (meanings:
+  `DOCS`)."""
   c = ml_collections.ConfigDict()
-  c.method = "selfcompress"        # or "dense": the float32 baseline
-  c.dataset = "digits"             # digits | mnist | fashion_mnist
-  c.data_dir = config_dict.placeholder(str)  # None: the Keras cache folders
-  c.download = False               # fetch missing MNIST files (needs internet)
-  c.verify_checksums = True        # SHA-256 of the canonical MNIST files
-  c.num_validation = config_dict.placeholder(int)  # None: 5,000 for MNIST
-  c.max_train_examples = 0         # 0: all; smoke runs use a few hundred
+  c.method = "selfcompress"
+  c.dataset = "digits"
+  c.data_dir = config_dict.placeholder(str)
+  c.download = False
+  c.verify_checksums = True
+  c.num_validation = config_dict.placeholder(int)
+  c.max_train_examples = 0
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict()
   c.seed = 0
   c.epochs = 20
   c.batch_size = 128
   c.learning_rate = 1e-3
-  c.lr_schedule = "constant"       # or "cosine": decays to 0 over the run
-  # Self-compression (REFERENCES.md section 1).
-  c.gamma = 0.05                   # weight of the size term (bits/weight)
-  c.target_kb = config_dict.placeholder(float)  # budget; adapts gamma
+  c.lr_schedule = "constant"
+  # Self-compression (Csefalvay & Imber, "Self-Compressing Neural Networks",
+  # 2023); gates: Louizos et al., "Learning Sparse Neural Networks through L0
+  # Regularization", ICLR 2018.
+  c.gamma = 0.05
+  c.target_kb = config_dict.placeholder(float)
   c.target_rate = 0.002
-  # Compression method (README "Choosing gates or bits"): "bits" (learned
-  # bit depths), "gates" (L0 gates, float32 weights) or "gates+bits".
   c.compressor = "bits"
-  # Per layer, by name: one of those or "none" (left uncompressed).
   c.compressor_per_layer = ml_collections.ConfigDict()
   c.bits_init = 8.0
-  c.lr_multiplier = 100.0          # bit depth/exponent LR vs the weights'
-  c.log_alpha_init = 3.0           # gates start open (test-time gate 1)
-  c.gate_lr_multiplier = 10.0      # log_alpha LR vs the weights'
+  c.lr_multiplier = 100.0
+  c.log_alpha_init = 3.0
+  c.gate_lr_multiplier = 10.0
   c.min_channels = 1
-  c.shed_every_epochs = 0          # >0: physically remove dead channels then
-  c.shed_min_reduction = 0.1       # ...if that removes >= 10% of parameters
+  c.shed_every_epochs = 0
+  c.shed_min_reduction = 0.1
   # Distribution (README, "Scaling out").
-  c.strategy = "default"           # one_device | mirrored | multi_worker | tpu
-  c.tpu_address = ""               # tpu: name or grpc://host:port; "" = this VM
-  c.cpu_devices = 0                # >0: split the CPU into logical devices
-  # Iterative magnitude pruning (tools/imp.py; REFERENCES.md section 2).
+  c.strategy = "default"
+  c.tpu_address = ""
+  c.cpu_devices = 0
+  # Iterative magnitude pruning (tools/imp.py): Frankle & Carbin, "The
+  # Lottery Ticket Hypothesis", ICLR 2019; Frankle et al., "Linear Mode
+  # Connectivity and the Lottery Ticket Hypothesis", ICML 2020; Renda et al.,
+  # "Comparing Rewinding and Fine-tuning in Neural Network Pruning", ICLR
+  # 2020.
   c.imp = ml_collections.ConfigDict()
-  c.imp.levels = 15                # pruning rounds after the dense level 0
-  c.imp.fraction = 0.2             # of the remaining weights, per round
-  c.imp.strategy = "layerwise_magnitude"  # | global_magnitude | random
-  c.imp.output_rate = 0.5          # output layer prunes fraction * this
-  c.imp.layer_fractions = ()       # or one fraction per kernel, model order
-  c.imp.reset = "init"             # init | rewind | lr_rewind | finetune | reinit
-  c.imp.rewind_epoch = 1           # reset="rewind": weights of this epoch
-  c.imp.finetune_learning_rate = 1e-4  # reset="finetune": constant LR
-  c.imp.mask_from = config_dict.placeholder(str)  # an IMP workdir: its masks
+  c.imp.levels = 15
+  c.imp.fraction = 0.2
+  c.imp.strategy = "layerwise_magnitude"
+  c.imp.output_rate = 0.5
+  c.imp.layer_fractions = ()
+  c.imp.reset = "init"
+  c.imp.rewind_epoch = 1
+  c.imp.finetune_learning_rate = 1e-4
+  c.imp.mask_from = config_dict.placeholder(str)
   # Bookkeeping.
   c.checkpoint_every_epochs = 1
-  c.verbose = 1                    # Keras progress bar (0: none)
+  c.verbose = 1
   return c
+
+
+def describe(config=None):
+  """The config fields, their values (defaults unless `config` is given)
+  and meanings, one per line: the config part of `--help`."""
+  from selfcompress import workdir  # the flattening JSON records
+  values = workdir.flat(config if config is not None else base())
+  width = max(len(k) for k in values)
+  lines = ["Config fields (--config.FIELD=VALUE; value shown is the "
+           + ("config's" if config is not None else "default") + "):"]
+  for key, value in values.items():
+    doc = DOCS.get(key) or DOCS.get(key.split(".")[0], "")
+    lines.append(f"  {key:<{width}}  {value!r:<14} {doc}")
+  return "\n".join(lines)
 
 
 def apply_arg(config, arg):
@@ -74,5 +153,6 @@ def apply_arg(config, arg):
         config.num_validation = 256
       config.imp.levels = min(config.imp.levels, 2)
     else:
-      raise ValueError(f"Unknown config argument {part!r}; known: smoke.")
+      raise ConfigError(f"Unknown config argument {part!r} (in "
+                        "--config=FILE:ARG); known: smoke.")
   return config

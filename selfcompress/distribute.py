@@ -26,6 +26,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from selfcompress.errors import ConfigError
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -39,7 +41,7 @@ def make(config):
   """
   name = config.strategy
   if name not in STRATEGIES:
-    raise ValueError(f"Bad config value: strategy={name!r}: must be one of "
+    raise ConfigError(f"Bad config value: strategy={name!r}: must be one of "
                      f"{STRATEGIES}.")
   if config.cpu_devices:
     split_cpu(config.cpu_devices)
@@ -54,7 +56,7 @@ def make(config):
     return tf.distribute.MirroredStrategy([d.name for d in devices])
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
-      raise ValueError(
+      raise ConfigError(
           "strategy='multi_worker' reads the cluster from the TF_CONFIG "
           "environment variable, which is not set. Set it on every worker "
           "(README, 'Scaling out'), or use strategy='mirrored' for the "
@@ -70,7 +72,7 @@ def _tpu(address):
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
   except (ValueError, RuntimeError, tf.errors.OpError) as e:
-    raise RuntimeError(
+    raise ConfigError(
         f"strategy='tpu' could not reach a TPU at tpu_address="
         f"{address!r}: {e}. Run on a TPU VM (leave tpu_address empty), or "
         "give the TPU's name or grpc://host:port.") from e
@@ -86,7 +88,7 @@ def split_cpu(n):
   except RuntimeError as e:  # the runtime has started already
     have = len(tf.config.list_logical_devices("CPU"))
     if have != n:
-      raise ValueError(
+      raise ConfigError(
           f"cpu_devices={n}: TensorFlow has already started with {have} "
           "logical CPU device(s), and they cannot be changed now. Set "
           "cpu_devices before anything else runs TensorFlow (a fresh "
@@ -273,10 +275,13 @@ def tf_config_for(ports, index):
 
 
 def log_strategy(strategy):
-  logging.info("Strategy %s with %d replica(s)%s.", type(strategy).__name__,
-               strategy.num_replicas_in_sync,
-               f", this process {task_name(strategy)}" if task_name(strategy)
-               else "")
+  """Prints the strategy in one line, unless it is the default one."""
+  if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
+    return  # the default: one device, nothing to say
+  task = task_name(strategy)
+  print(f"Training under {type(strategy).__name__} with "
+        f"{strategy.num_replicas_in_sync} replica(s)"
+        + (f", this process {task}." if task else "."), flush=True)
 
 
 def fit(model, *args, **kwargs):

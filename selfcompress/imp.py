@@ -4,19 +4,27 @@ baseline, `run(config, workdir)`.
 Level 0 trains the dense network. Every further level prunes
 `config.imp.fraction` of the weights still kept (strategy
 `config.imp.strategy`), resets the network and trains it again. The reset
-(`config.imp.reset`, REFERENCES.md section 2):
+(`config.imp.reset`):
 
-  init       kept weights back to their initial values (lottery ticket).
+  init       kept weights back to their initial values (lottery ticket:
+             Frankle & Carbin, "The Lottery Ticket Hypothesis: Finding
+             Sparse, Trainable Neural Networks", ICLR 2019).
   rewind     kept weights back to their values after epoch `rewind_epoch`
              of level 0; training and the LR schedule resume from that
-             epoch (weight rewinding).
+             epoch (weight rewinding: Frankle, Dziugaite, Roy & Carbin,
+             "Linear Mode Connectivity and the Lottery Ticket Hypothesis",
+             ICML 2020).
   lr_rewind  keep the trained weights; replay the LR schedule from step 0
-             (learning-rate rewinding).
+             (learning-rate rewinding: Renda, Frankle & Carbin, "Comparing
+             Rewinding and Fine-tuning in Neural Network Pruning", ICLR
+             2020).
   finetune   keep the trained weights; train at the constant
-             `finetune_learning_rate`.
+             `finetune_learning_rate` (fine-tuning, as compared by Renda et
+             al.).
   reinit     fresh random weights (the control). With `mask_from` set to
-             another IMP workdir, its masks are used level by level: the
-             paper's control, a winning ticket's structure with a new init.
+             another IMP workdir, its masks are used level by level: Frankle
+             & Carbin's control, a winning ticket's structure with a new
+             init.
 
 Every level starts a fresh optimizer and trains on the same data order.
 `workdir/level_NN/` holds `mask.npz`, `weights.npz` (end of training),
@@ -37,23 +45,25 @@ import numpy as np
 from absl import logging
 
 from selfcompress import callbacks as cb
-from selfcompress import checkpoint, data, distribute, models, pruning, training
+from selfcompress import (checkpoint, data, distribute, models, pruning,
+                          training, workdir as workdirs)
+from selfcompress.errors import ConfigError
 
 RESETS = ("init", "rewind", "lr_rewind", "finetune", "reinit")
-# Fields a resumed run may change without changing its results.
-_FREE_FIELDS = ("verbose", "data_dir", "download", "verify_checksums",
-                "checkpoint_every_epochs", "imp.levels")
+# Fields a resumed run may change without changing its results: those of
+# every workdir, and the number of levels (finished levels stay valid).
+_FREE_FIELDS = workdirs.FREE_FIELDS | {"imp.levels"}
 
 
 def validate(config):
-  """Raises ValueError naming any bad config value and how to fix it."""
+  """Raises `ConfigError` naming any bad config value and how to fix it."""
   training.validate(config)
   imp = config.imp
 
   def bad(field, why):
-    raise ValueError(f"Bad config value: imp.{field}={imp.get(field)!r}: {why}.")
+    raise ConfigError(f"Bad config value: imp.{field}={imp.get(field)!r}: {why}.")
   if config.method != "dense":
-    raise ValueError(f"Bad config value: method={config.method!r}: IMP prunes "
+    raise ConfigError(f"Bad config value: method={config.method!r}: IMP prunes "
                      "a float network; set method='dense'.")
   if not isinstance(imp.levels, int) or imp.levels < 0:
     bad("levels", "must be an integer >= 0 (0: the dense level only)")
@@ -77,36 +87,10 @@ def validate(config):
   if imp.mask_from is not None and not os.path.isdir(imp.mask_from):
     bad("mask_from", "must be the workdir of an IMP run (it does not exist)")
   if config.strategy == "multi_worker":
-    raise ValueError(
+    raise ConfigError(
         "Bad config value: strategy='multi_worker': IMP reads each level's "
         "weights back from its workdir, which the workers of a cluster do not "
         "share; run it with 'mirrored' (the devices of one machine) or 'tpu'.")
-
-
-def _check_same_run(config, workdir):
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    before = _flat(json.load(f))
-  now = _flat(json.loads(config.to_json_best_effort()))
-  changed = sorted(k for k in set(before) | set(now)
-                   if k not in _FREE_FIELDS and before.get(k) != now.get(k))
-  if changed:
-    raise ValueError(
-        f"{workdir} holds an IMP run with other settings ({', '.join(changed)}"
-        "); its finished levels would not match. Use another --workdir, or "
-        "the same settings (only imp.levels may grow).")
-
-
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
 
 
 def _save_arrays(path, arrays):
@@ -148,7 +132,7 @@ def _mask_for(config, level, model, rng):
   if imp.mask_from is not None:
     path = os.path.join(imp.mask_from, f"level_{level:02d}", "mask.npz")
     if not os.path.exists(path):
-      raise ValueError(f"imp.mask_from={imp.mask_from!r} has no mask for "
+      raise ConfigError(f"imp.mask_from={imp.mask_from!r} has no mask for "
                        f"level {level} ({path}); run that IMP run to level "
                        f"{imp.levels} first.")
     return pruning.Mask.load(path)
@@ -202,14 +186,16 @@ def _train_level(config, ds, steps, level, workdir):
   model, mask, first_epoch = prepare_level(config, ds, steps, level, workdir)
 
   history = []
+  fit_verbose, print_fn = training.verbosity(config)
   snapshot = _Snapshot()
   if level == 0 and imp.reset == "rewind":
     snapshot = _Snapshot(imp.rewind_epoch, os.path.join(workdir, "rewind.npz"))
   distribute.fit(
       model, ds.train_from(first_epoch), epochs=config.epochs,
       initial_epoch=first_epoch, steps_per_epoch=steps,
-      validation_data=ds.validation, shuffle=False, verbose=config.verbose,
-      callbacks=[cb.EpochLog(history, folder, config.epochs), snapshot])
+      validation_data=ds.validation, shuffle=False, verbose=fit_verbose,
+      callbacks=[cb.EpochLog(history, folder, config.epochs,
+                             print_fn=print_fn), snapshot])
   test = distribute.evaluate(model, ds.test)
   _save_arrays(os.path.join(folder, "weights.npz"), model.get_weights())
   mask.save(os.path.join(folder, "mask.npz"))
@@ -239,10 +225,13 @@ def run(config, workdir):
   """Runs (or resumes) IMP for `config` in `workdir`; returns one row per
   level (see `_train_level`), also written to `workdir/results.json`."""
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  _check_same_run(config, workdir)
-  checkpoint.write_text(os.path.join(workdir, "config.json"),
-                        config.to_json_best_effort(indent=2))
+  workdirs.check(workdir, config, what="an IMP run", free=_FREE_FIELDS)
+  with workdirs.Lock(workdir):
+    workdirs.check(workdir, config, what="an IMP run", free=_FREE_FIELDS)
+    return _run(config, workdir)
+
+
+def _run(config, workdir):
   strategy = distribute.make(config)  # first: it may split the CPU
   distribute.log_strategy(strategy)
   ds = data.load(
@@ -250,6 +239,7 @@ def run(config, workdir):
       num_validation=config.num_validation, seed=config.seed,
       download=config.download, verify_checksums=config.verify_checksums,
       first_epoch=0, max_train_examples=config.max_train_examples or None)
+  workdirs.record(workdir, config)  # the config and data are known good
   steps = math.ceil(ds.num_train / config.batch_size)
   rows = []
   for level in range(config.imp.levels + 1):
@@ -257,7 +247,7 @@ def run(config, workdir):
     if os.path.exists(done):
       with open(done) as f:
         rows.append(json.load(f))
-      logging.info("Level %d already finished; skipped.", level)
+      print(f"Level {level} already finished; skipped.")
       continue
     with strategy.scope():  # the level's model, optimizer and masks
       rows.append(_train_level(config, ds, steps, level, workdir))

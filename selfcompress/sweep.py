@@ -5,9 +5,13 @@ import os
 
 from absl import logging
 
-from selfcompress import checkpoint, plots, training
+from selfcompress import checkpoint, plots, training, workdir as workdirs
+from selfcompress import config as base_config
+from selfcompress.errors import ConfigError
 
-# Published results to mark on the curve (REFERENCES.md section 3), by model.
+# Published results to mark on the curve, by model: Oktay, Balle, Singh &
+# Shrivastava, "Scalable Model Compression by Entropy Penalized
+# Reparameterization", ICLR 2020 (the smallest published MNIST models).
 ANCHORS = {
     "lenet300": [{"label": "Oktay et al. 2020 (8.56 KB, 98.1%)",
                   "size_kb": 8.56, "accuracy": 0.981}],
@@ -25,7 +29,13 @@ def run_sweep(config, workdir, gammas, seeds=(0,), dense=True):
   over seeds, with the dense model and published anchors marked).
   """
   if not gammas:
-    raise ValueError("Give at least one gamma to sweep.")
+    raise ConfigError("Give at least one gamma to sweep (--gammas).")
+  with workdirs.Lock(workdir):  # each run also locks its own folder
+    return _sweep(config, workdir, gammas, seeds, dense)
+
+
+def _sweep(config, workdir, gammas, seeds, dense):
+  defaults = base_config.base()
   runs = []
   jobs = [("selfcompress", g, s) for g in gammas for s in seeds]
   if dense:
@@ -34,10 +44,13 @@ def run_sweep(config, workdir, gammas, seeds=(0,), dense=True):
     c = copy.deepcopy(config)
     c.unlock()
     c.method, c.seed = method, seed
+    if method == "dense":  # the compression's settings mean nothing to it
+      for field in ("target_kb", "compressor", "shed_every_epochs"):
+        c[field] = defaults[field]
+      c.compressor_per_layer = {}
     name = f"dense_seed{seed}" if method == "dense" else f"gamma{gamma:g}_seed{seed}"
     if gamma is not None:
       c.gamma = float(gamma)
-    logging.info("Sweep run %d/%d: %s", i + 1, len(jobs), name)
     print(f"=== sweep run {i + 1}/{len(jobs)}: {name}", flush=True)
     result = training.train_and_evaluate(c, os.path.join(workdir, name))
     runs.append(dict(result, name=name))

@@ -15,12 +15,13 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 import selfcompress as sc
 from selfcompress import callbacks as cb
 from selfcompress import (checkpoint, data, distribute, models, plots,
-                          shed_training)
+                          shed_training, workdir as workdirs)
+from selfcompress import config as base_config
+from selfcompress.errors import ConfigError
 
 METHODS = ("selfcompress", "dense")
 # config.compressor -> the ChannelCompressor class; "none" (per layer only)
@@ -33,20 +34,35 @@ COMPRESSORS = {
 
 
 def validate(config):
-  """Raises ValueError naming any bad config value and how to fix it."""
+  """Raises `ConfigError` naming any bad config value and how to fix it."""
   def bad(field, why):
-    raise ValueError(f"Bad config value: {field}={config.get(field)!r}: {why}.")
+    raise ConfigError(
+        f"Bad config value: {field}={config.get(field)!r}: {why}.")
+
+  def integer(field, low, why):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      bad(field, why)
   if config.method not in METHODS:
     bad("method", f"must be one of {METHODS}")
   if config.dataset not in data.DATASETS:
     bad("dataset", f"must be one of {data.DATASETS}")
   if config.model not in models.MODELS:
     bad("model", f"must be one of {sorted(models.MODELS)}")
-  for field in ("epochs", "batch_size"):
-    if not isinstance(config[field], int) or config[field] < 1:
-      bad(field, "must be a positive integer")
+  integer("epochs", 1, "must be a positive integer")
+  integer("batch_size", 1, "must be a positive integer")
+  integer("seed", 0, "must be an integer >= 0")
+  integer("max_train_examples", 0,
+          "must be an integer >= 0 (0: all the training examples)")
+  integer("checkpoint_every_epochs", 1, "must be a positive integer")
+  if config.num_validation is not None:
+    integer("num_validation", 0, "must be an integer >= 0, or None for the "
+            "dataset's default")
+  if config.verbose not in (0, 1, 2):
+    bad("verbose", "must be 0 (quiet), 1 (a line per epoch) or 2 (Keras' "
+        "progress bar)")
   for field in ("learning_rate", "lr_multiplier", "bits_init",
-                "gate_lr_multiplier"):
+                "gate_lr_multiplier", "target_rate"):
     if not config[field] > 0:
       bad(field, "must be > 0")
   if not math.isfinite(config.log_alpha_init):
@@ -55,7 +71,7 @@ def validate(config):
     bad("compressor", f"must be one of {sorted(COMPRESSORS)}")
   for name, method in config.compressor_per_layer.items():
     if method not in COMPRESSORS and method != "none":
-      raise ValueError(
+      raise ConfigError(
           f"Bad config value: compressor_per_layer.{name}={method!r}: must "
           f"be one of {sorted(COMPRESSORS) + ['none']}.")
   if not config.gamma >= 0:
@@ -64,37 +80,24 @@ def validate(config):
     bad("target_kb", "must be > 0 KB, or None for a fixed gamma")
   if config.lr_schedule not in ("constant", "cosine"):
     bad("lr_schedule", "must be 'constant' or 'cosine'")
-  if config.min_channels < 0:
-    bad("min_channels", "must be >= 0")
-  if config.shed_every_epochs < 0:
-    bad("shed_every_epochs", "must be >= 0 (0: never shed)")
+  integer("min_channels", 0, "must be an integer >= 0")
+  integer("shed_every_epochs", 0, "must be an integer >= 0 (0: never shed)")
   if not 0 <= config.shed_min_reduction < 1:
     bad("shed_min_reduction", "must be in [0, 1)")
   if config.strategy not in distribute.STRATEGIES:
     bad("strategy", f"must be one of {distribute.STRATEGIES}")
-  if not isinstance(config.cpu_devices, int) or config.cpu_devices < 0:
-    bad("cpu_devices", "must be an integer >= 0 (0: the CPU as one device)")
-  if config.shed_every_epochs and config.method != "selfcompress":
-    bad("shed_every_epochs", "needs method='selfcompress' (a dense model "
-        "has no dead channels)")
-
-
-def _check_resumable(config, workdir):
-  """A cosine schedule is fixed by the run's length: resuming with another
-  `epochs` would continue the old schedule (already at 0) and not learn."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    before = json.load(f)
-  if (before.get("lr_schedule") == "cosine" and config.lr_schedule == "cosine"
-      and before.get("epochs") != config.epochs):
-    raise ValueError(
-        f"{workdir} holds a run started with epochs={before.get('epochs')} "
-        "and a cosine learning-rate schedule that decays to 0 at its end; "
-        f"resuming it with epochs={config.epochs} would train at the old "
-        "schedule's rate. Resume with the same epochs, or start a new "
-        "--workdir.")
+  integer("cpu_devices", 0,
+          "must be an integer >= 0 (0: the CPU as one device)")
+  if config.method == "dense":
+    # Settings of the compression that a dense run would silently ignore.
+    defaults = base_config.base()
+    for field in ("target_kb", "compressor", "shed_every_epochs"):
+      if config[field] != defaults[field]:
+        bad(field, "has no meaning with method='dense' (a float32 model "
+            "without compression); remove it, or set method='selfcompress'")
+    if config.compressor_per_layer:
+      bad("compressor_per_layer", "has no meaning with method='dense'; "
+          "remove it, or set method='selfcompress'")
 
 
 class OffsetSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -146,22 +149,30 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
   if not tf.distribute.has_strategy():
     keras.backend.clear_session()
   keras.utils.set_random_seed(config.seed)
-  model = models.get(config.model, input_shape, num_classes,
-                     **dict(config.model_kwargs))
+  try:
+    model = models.get(config.model, input_shape, num_classes,
+                       **dict(config.model_kwargs))
+  except TypeError as e:  # a model_kwargs field the builder does not take
+    raise ConfigError(f"Bad config value: model_kwargs="
+                      f"{dict(config.model_kwargs)}: {e}.") from e
   if config.method == "selfcompress":
     per_layer = dict(config.compressor_per_layer)
     unknown = sorted(set(per_layer) - {l.name for l in model.layers})
     if unknown:
-      raise ValueError(
+      raise ConfigError(
           f"Bad config value: compressor_per_layer names {unknown}, which "
           f"are not layers of {config.model!r}: "
           f"{[l.name for l in model.layers if l.weights]}.")
     per_layer = {name: None if method == "none" else compressor(config, method)
                  for name, method in per_layer.items()}
-    model = sc.compress(
-        model, compressor=compressor(config, config.compressor),
-        per_layer=per_layer, gamma=config.gamma, target_kb=config.target_kb,
-        target_rate=config.target_rate, min_channels=config.min_channels)
+    try:
+      model = sc.compress(
+          model, compressor=compressor(config, config.compressor),
+          per_layer=per_layer, gamma=config.gamma, target_kb=config.target_kb,
+          target_rate=config.target_rate, min_channels=config.min_channels)
+    except ValueError as e:  # compress() names the argument (config field)
+      raise ConfigError(f"The config cannot compress {config.model!r}: {e}"
+                        ) from e
   return compile_model(model, learning_rate(config, steps_per_epoch))
 
 
@@ -176,27 +187,53 @@ def compressor(config, method):
   return COMPRESSORS[method](**kwargs[method])
 
 
-def train_and_evaluate(config, workdir):
-  """Trains and evaluates `config` in `workdir`; returns the results dict."""
+def train_and_evaluate(config, workdir, *, extend_epochs=False):
+  """Trains and evaluates `config` in `workdir`; returns the results dict.
+
+  The workdir is bound to its config and locked while this runs (see
+  `selfcompress.workdir`): a workdir holding a run of another config raises
+  `WorkdirError` listing the differences, and so does a workdir in use by
+  another process. Bad config values, data and workdirs raise a `UserError`
+  before anything in the workdir is written. `extend_epochs=True` lets a
+  (finished) run with a constant learning rate continue to a larger
+  `epochs`.
+  """
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  workdirs.check(workdir, config, extend_epochs=extend_epochs)
+  strategy = distribute.make(config)
+  distribute.log_strategy(strategy)
+  # Under multi_worker every worker trains, and the chief writes the files.
+  chief = distribute.is_chief(strategy)
+  if not chief:
+    return _run(config, workdir, strategy, chief, extend_epochs)
+  created = not os.path.exists(workdir)
+  lock = workdirs.Lock(workdir).acquire()
+  try:
+    # Again, now that no other process can write the record.
+    workdirs.check(workdir, config, extend_epochs=extend_epochs)
+    return _run(config, workdir, strategy, chief, extend_epochs)
+  except BaseException:
+    if created and os.listdir(workdir) == [workdirs.LOCK]:
+      # Nothing was recorded: leave no empty workdir behind.
+      lock.release()
+      os.remove(lock.path)
+      os.rmdir(workdir)
+    raise
+  finally:
+    lock.release()
+
+
+def _run(config, workdir, strategy, chief, extend_epochs):
   results_path = os.path.join(workdir, "results.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  _check_resumable(config, workdir)
-  checkpoint.write_text(os.path.join(workdir, "config.json"),
-                        config.to_json_best_effort(indent=2))
-
   if os.path.exists(results_path):
     with open(results_path) as f:
       results = json.load(f)
     if results.get("epochs") == config.epochs:
-      logging.info("%s already finished; not training again.", workdir)
+      print(f"{workdir} holds this run, finished; not training again.")
+      _print_report(workdir, results)
       return results
-  strategy = distribute.make(config)
-  distribute.log_strategy(strategy)
   keras.backend.clear_session()  # see build_model
-  # Under multi_worker every worker trains, and the chief writes the files.
-  chief = distribute.is_chief(strategy)
   with strategy.scope():
     restored = checkpoint.restore(ckpt_dir)
   start_epoch, history = (restored[1], restored[2]) if restored else (0, [])
@@ -208,15 +245,19 @@ def train_and_evaluate(config, workdir):
       max_train_examples=config.max_train_examples or None)
   if restored:
     model = restored[0]
-    logging.info("Resuming %s from epoch %d of %d.", workdir, start_epoch,
-                 config.epochs)
+    print(f"Resuming {workdir} from epoch {start_epoch} of {config.epochs}.")
   else:
     with strategy.scope():
       model = build_model(config, ds.input_shape, ds.num_classes,
                           math.ceil(ds.num_train / config.batch_size))
+  # The config, data and model are known good: from here on the workdir
+  # records this run.
+  if chief:
+    workdirs.record(workdir, config)
   if start_epoch < config.epochs:
+    fit_verbose, print_fn = verbosity(config)
     callbacks = [cb.EpochLog(history, workdir if chief else None,
-                             config.epochs)]
+                             config.epochs, print_fn=print_fn)]
     if chief:
       callbacks += [
           keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
@@ -227,7 +268,7 @@ def train_and_evaluate(config, workdir):
       callbacks.append(cb.LayerHistograms(
           os.path.join(workdir, "tensorboard", "layers")))
     fit_kwargs = dict(
-        validation_data=ds.validation, shuffle=False, verbose=config.verbose,
+        validation_data=ds.validation, shuffle=False, verbose=fit_verbose,
         steps_per_epoch=math.ceil(ds.num_train / config.batch_size))
     if config.shed_every_epochs:
       model, _ = shed_training.fit_and_shed(
@@ -272,10 +313,27 @@ def train_and_evaluate(config, workdir):
   plots.training_curve(history, os.path.join(workdir, "training.png"),
                        title=f"{config.model} on {config.dataset}")
   checkpoint.write_json(results_path, results)
-  print(lines[-1] if lines else "")
+  _print_report(workdir, results)
+  return results
+
+
+def verbosity(config):
+  """`(fit_verbose, print_fn)` for `config.verbose`: 1 prints one line per
+  epoch (`EpochLog`), 2 shows Keras' progress bar instead, 0 neither."""
+  return (1 if config.verbose == 2 else 0,
+          print if config.verbose == 1 else None)
+
+
+def _print_report(workdir, results):
+  """The end-of-run report: the size summary's total and the accuracy."""
+  path = os.path.join(workdir, "size.txt")
+  if os.path.exists(path):
+    with open(path) as f:
+      lines = f.read().splitlines()
+    if lines:
+      print(lines[-1])
   print(f"Test accuracy {100 * results['test_accuracy']:.2f}% at "
         f"{results['size_kb']:.3f} KB; results in {workdir}")
-  return results
 
 
 def _digest(model):

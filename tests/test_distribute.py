@@ -18,6 +18,7 @@ import pytest
 
 from selfcompress import config as config_lib
 from selfcompress import data, distribute, imp, pruning, training
+from selfcompress import errors as sc_errors
 
 RUNNER = os.path.join(os.path.dirname(__file__), "distributed_run.py")
 SMALL = {"max_train_examples": 512, "batch_size": 64, "epochs": 3,
@@ -92,7 +93,7 @@ def test_bad_strategy_values_are_named():
     if env is not None:
       os.environ["TF_CONFIG"] = env
   config.strategy, config.tpu_address = "tpu", ""
-  with pytest.raises(RuntimeError, match="could not reach a TPU"):
+  with pytest.raises(sc_errors.ConfigError, match="could not reach a TPU"):
     distribute.make(config)
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from selfcompress import data, imp, pruning
+from selfcompress import data, errors, imp, pruning
 from test_training import REPO, fake_mnist, load_config
 
 
@@ -141,7 +141,7 @@ def test_resume_skips_finished_levels(tmp_path, data_dir, monkeypatch):
     kernels = [w for w in weights if w.ndim == 2 and not set(np.unique(w)) <= {0, 1}]
     for kernel, keep in zip(kernels, [a for _, a in mask.items()]):
       assert np.all(kernel[keep == 0] == 0)
-  with pytest.raises(ValueError, match="other settings.*imp.fraction"):
+  with pytest.raises(errors.WorkdirError, match="(?s)different config.*imp.fraction: 0.5 -> 0.3"):
     imp.run(imp_config(data_dir, **{"imp.fraction": 0.3}), workdir)
 
 

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from selfcompress import training
+from selfcompress import config as config_lib
+from selfcompress import errors, training, workdir as workdirs
 from test_data import write_dataset_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +48,8 @@ def smoke_config(data_dir, **overrides):
                        "smoke")
   config.data_dir = data_dir
   config.verify_checksums = False
-  # Tests resume runs with a larger `epochs`, which a cosine schedule
-  # (fixed by the run's length) does not allow.
+  # Tests extend runs to a larger `epochs`, which a cosine schedule (fixed
+  # by the run's length) does not allow.
   config.lr_schedule = "constant"
   config.num_validation = 100
   config.verbose = 0
@@ -80,6 +81,12 @@ def test_smoke_run_writes_the_whole_workdir(tmp_path):
   assert history[-1]["size_kb"] == pytest.approx(results["size_kb"], rel=1e-6)
   assert results["test_accuracy"] > 0.3  # 10 classes of bright bars
   assert not glob.glob(os.path.join(workdir, "**", ".tmp-*"), recursive=True)
+  umask = os.umask(0o022)
+  os.umask(umask)
+  for name in ("results.json", "model.keras", "metrics.csv",
+               "checkpoints/state.json"):  # written atomically, not 0600
+    mode = os.stat(os.path.join(workdir, name)).st_mode & 0o777
+    assert mode == 0o666 & ~umask, (name, oct(mode))
   layers = glob.glob(os.path.join(workdir, "tensorboard", "layers", "*"))
   assert layers, "per-layer histograms were not written"
 
@@ -90,10 +97,18 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
       smoke_config(data_dir, epochs=3), str(tmp_path / "straight"))
   resumed_dir = str(tmp_path / "resumed")
   training.train_and_evaluate(smoke_config(data_dir, epochs=1), resumed_dir)
+  with pytest.raises(errors.WorkdirError, match="(?s)epochs: 1 -> 3.*--extend_epochs"):
+    training.train_and_evaluate(smoke_config(data_dir, epochs=3), resumed_dir)
   resumed = training.train_and_evaluate(smoke_config(data_dir, epochs=3),
-                                        resumed_dir)
+                                        resumed_dir, extend_epochs=True)
   history = json.load(open(os.path.join(resumed_dir, "metrics.json")))
   assert [r["epoch"] for r in history] == [1, 2, 3]
+  # metrics.csv keeps its column order across the restart.
+  header = [open(os.path.join(d, "metrics.csv")).readline()
+            for d in (str(tmp_path / "straight"), resumed_dir)]
+  assert header[0] == header[1]
+  assert header[0].startswith("epoch,seconds,loss,accuracy,val_loss,")
+  assert json.load(open(os.path.join(resumed_dir, "config.json")))["epochs"] == 3
   # Same data order and optimizer state after the restart: same result.
   assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"],
                                                    abs=1e-6)
@@ -107,7 +122,7 @@ def test_kill_9_then_same_command_finishes(tmp_path):
          f"--config={REPO}/configs/mnist_lenet300.py:smoke",
          f"--config.data_dir={data_dir}", "--config.verify_checksums=False",
          "--config.num_validation=100", "--config.max_train_examples=0",
-         "--config.epochs=40", "--config.verbose=0",
+         "--config.epochs=15", "--config.verbose=0",
          "--config.lr_schedule=constant", f"--workdir={workdir}"]
   state = workdir / "checkpoints" / "state.json"
   proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
@@ -117,20 +132,29 @@ def test_kill_9_then_same_command_finishes(tmp_path):
     while time.time() < deadline and not state.exists():
       time.sleep(0.2)
     assert state.exists(), "no checkpoint appeared"
-    time.sleep(0.5)
+    # A second process on the same workdir is refused, naming the first
+    # (paused meanwhile, so it cannot finish first).
+    proc.send_signal(signal.SIGSTOP)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert f"in use by another process (PID {proc.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert proc.poll() is None, "the first run did not survive the second"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
   finally:
     if proc.poll() is None:
       proc.kill()
   killed_at = json.load(open(state))["epoch"]
-  assert killed_at < 40, "the run finished before it could be killed"
-  done = subprocess.run(cmd[:-2] + ["--config.epochs=42", cmd[-1]],
-                        capture_output=True, text=True, timeout=300)
+  assert killed_at < 15, "the run finished before it could be killed"
+  # The dead holder's lock went with it: the same command resumes.
+  assert (workdir / ".lock").read_text().strip() == str(proc.pid)
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
+  assert f"Resuming {workdir} from epoch" in done.stdout
   history = json.load(open(workdir / "metrics.json"))
-  assert [r["epoch"] for r in history] == list(range(1, 43))
-  assert json.load(open(state))["epoch"] == 42
+  assert [r["epoch"] for r in history] == list(range(1, 16))
+  assert json.load(open(state))["epoch"] == 15
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -138,13 +162,36 @@ def test_kill_9_then_same_command_finishes(tmp_path):
     ("epochs", 0, "epochs"), ("method", "prune", "method"),
     ("target_kb", 0.001, "cannot be reached"),
     ("compressor", "prune", "compressor"),
-    ("gate_lr_multiplier", 0.0, "gate_lr_multiplier")])
+    ("gate_lr_multiplier", 0.0, "gate_lr_multiplier"),
+    ("max_train_examples", -5, "max_train_examples=-5: must be an integer >= 0"),
+    ("num_validation", -1, "num_validation=-1"),
+    ("checkpoint_every_epochs", 0, "checkpoint_every_epochs"),
+    ("seed", -1, "seed"), ("verbose", 3, "verbose"),
+    ("batch_size", 0, "batch_size")])
 def test_bad_config_values_are_named(tmp_path, field, value, match):
   data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
   config = smoke_config(data_dir)
   config[field] = value
   with pytest.raises(ValueError, match=match):
     training.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run"), "a refused run left a workdir"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("target_kb", 5.0), ("compressor", "gates"), ("shed_every_epochs", 1)])
+def test_compression_settings_with_a_dense_run_are_refused(field, value):
+  config = config_lib.base()
+  config.method = "dense"
+  config[field] = value
+  with pytest.raises(errors.ConfigError,
+                     match=f"{field}=.*no meaning with method='dense'"):
+    training.validate(config)
+
+
+def test_every_config_field_is_documented():
+  fields = workdirs.flat(config_lib.base())
+  assert not [f for f in fields if f not in config_lib.DOCS]
+  assert not [f for f in config_lib.DOCS if f not in fields]
 
 
 def test_compressor_per_layer_is_validated_and_applied(tmp_path):
@@ -180,18 +227,98 @@ def test_shedding_run_resumes_like_an_uninterrupted_one(tmp_path):
   training.train_and_evaluate(smoke_config(data_dir, epochs=2, **overrides),
                               resumed_dir)
   resumed = training.train_and_evaluate(
-      smoke_config(data_dir, epochs=4, **overrides), resumed_dir)
+      smoke_config(data_dir, epochs=4, **overrides), resumed_dir,
+      extend_epochs=True)
   assert straight["weights_alive"] < straight["weights_total"]
   assert resumed["size_kb"] == pytest.approx(straight["size_kb"], rel=1e-4)
   assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"],
                                                    abs=1e-6)
 
 
-def test_resuming_a_cosine_run_with_other_epochs_is_refused(tmp_path):
+def test_extending_a_cosine_run_is_refused(tmp_path):
   data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(
       smoke_config(data_dir, epochs=1, lr_schedule="cosine"), workdir)
-  with pytest.raises(ValueError, match="same epochs"):
+  with pytest.raises(errors.WorkdirError, match="cosine.*cannot be extended"):
     training.train_and_evaluate(
-        smoke_config(data_dir, epochs=3, lr_schedule="cosine"), workdir)
+        smoke_config(data_dir, epochs=3, lr_schedule="cosine"), workdir,
+        extend_epochs=True)
+
+
+def _snapshot(folder):
+  """path -> bytes of every file under `folder`."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, folder)] = open(path, "rb").read()
+  return out
+
+
+def test_a_changed_config_leaves_the_workdir_untouched(tmp_path, capsys):
+  data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
+  workdir = str(tmp_path / "run")
+  config = smoke_config(data_dir, epochs=1)
+  first = training.train_and_evaluate(config, workdir)
+  # Finished: the same config reports it again and changes nothing.
+  before = _snapshot(workdir)
+  capsys.readouterr()
+  again = training.train_and_evaluate(config, workdir)
+  assert again == first
+  out = capsys.readouterr().out
+  assert "finished; not training again" in out and "Test accuracy" in out
+  assert _snapshot(workdir) == before
+  changed = [dict(gamma=1.0), dict(model="lenet5"),
+             dict(dataset="fashion_mnist"), dict(epochs=3)]
+  for overrides in changed:
+    with pytest.raises(errors.WorkdirError) as e:
+      training.train_and_evaluate(
+          smoke_config(data_dir, **{"epochs": 1, **overrides}), workdir)
+    field, new = next(iter(overrides.items()))
+    assert f"{field}: {config[field]!r} -> {new!r}" in str(e.value)
+    assert "new --workdir" in str(e.value)
+    assert _snapshot(workdir) == before
+  # Interrupted (a checkpoint at epoch 1 of 3, no results yet): a changed
+  # config is refused too, with every file as it was.
+  os.remove(os.path.join(workdir, "results.json"))
+  record = json.load(open(os.path.join(workdir, "config.json")))
+  record["epochs"] = 3
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(record, f)
+  before = _snapshot(workdir)
+  with pytest.raises(errors.WorkdirError, match=f"gamma: {config.gamma!r} -> 1.0"):
+    training.train_and_evaluate(smoke_config(data_dir, epochs=3, gamma=1.0),
+                                workdir)
+  assert _snapshot(workdir) == before
+  # ...and the same config resumes it.
+  results = training.train_and_evaluate(smoke_config(data_dir, epochs=3),
+                                        workdir)
+  assert results["epochs"] == 3 and results["gamma"] == config.gamma
+
+
+def test_a_locked_workdir_is_refused_and_free_again_after(tmp_path):
+  data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
+  workdir = str(tmp_path / "run")
+  with workdirs.Lock(workdir):
+    with pytest.raises(errors.WorkdirError,
+                       match=f"in use by another process \\(PID {os.getpid()}\\)"):
+      training.train_and_evaluate(smoke_config(data_dir, epochs=1), workdir)
+  results = training.train_and_evaluate(smoke_config(data_dir, epochs=1),
+                                        workdir)
+  assert results["epochs"] == 1
+
+
+def test_sweep_runs_each_gamma_and_the_dense_baseline(tmp_path):
+  from selfcompress import sweep
+  data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
+  workdir = str(tmp_path / "sweep")
+  # The dense baseline drops the compression settings (which validation
+  # refuses with method='dense') instead of failing on them.
+  config = smoke_config(data_dir, epochs=1, compressor="gates")
+  points = sweep.run_sweep(config, workdir, gammas=[0.1], seeds=[0])
+  assert sorted(p["method"] for p in points) == ["dense", "selfcompress"]
+  dense = json.load(open(os.path.join(workdir, "dense_seed0", "config.json")))
+  assert dense["method"] == "dense" and dense["compressor"] == "bits"
+  for name in ("sweep.json", "pareto.png", "gamma0.1_seed0/results.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name

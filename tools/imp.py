@@ -1,4 +1,4 @@
-"""Iterative magnitude pruning with rewinding (logic: `selfcompress.imp`).
+r"""Iterative magnitude pruning with rewinding (logic: `selfcompress.imp`).
 
   python tools/imp.py --config=configs/mnist_lenet300_imp.py \
       --config.data_dir=../shared/data/mnist --workdir=/tmp/imp_l300

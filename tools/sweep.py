@@ -1,4 +1,4 @@
-"""Sweeps gamma for one config and draws the accuracy-vs-size Pareto plot,
+r"""Sweeps gamma for one config and draws the accuracy-vs-size Pareto plot,
 with the dense float32 baseline and published anchors (logic:
 `selfcompress.sweep`).
 

@@ -1,4 +1,4 @@
-"""Trains and evaluates one config (logic: `selfcompress.training`).
+r"""Trains and evaluates one config (logic: `selfcompress.training`).
 
   python tools/train.py --config=configs/default.py --workdir=/tmp/run
   python tools/train.py --config=configs/mnist_lenet300.py \
