@@ -137,8 +137,14 @@ class Lock:
     self._file = None
 
   def acquire(self):
-    os.makedirs(self.workdir, exist_ok=True)
-    f = open(self.path, "a+")  # never truncates another holder's PID
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      f = open(self.path, "a+")  # never truncates another holder's PID
+    except OSError as e:
+      raise WorkdirError(
+          f"--workdir={self.workdir} cannot be used: {e.strerror or e} "
+          f"({e.filename or self.workdir}). Give a folder that can be "
+          "created and written.") from e
     try:
       _lock(f)
     except OSError:

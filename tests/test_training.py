@@ -297,6 +297,16 @@ def test_a_changed_config_leaves_the_workdir_untouched(tmp_path, capsys):
   assert results["epochs"] == 3 and results["gamma"] == config.gamma
 
 
+def test_a_workdir_that_cannot_be_created_is_named(tmp_path):
+  data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a folder")
+  with pytest.raises(errors.WorkdirError, match="cannot be used.*a folder"):
+    training.train_and_evaluate(smoke_config(data_dir, epochs=1),
+                                str(a_file / "run"))
+  assert a_file.read_text() == "not a folder"
+
+
 def test_a_locked_workdir_is_refused_and_free_again_after(tmp_path):
   data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
   workdir = str(tmp_path / "run")
