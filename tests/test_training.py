@@ -115,46 +115,66 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert resumed["size_kb"] == pytest.approx(straight["size_kb"], rel=1e-5)
 
 
-def test_kill_9_then_same_command_finishes(tmp_path):
+def _wait_for_epoch(state, epoch, proc, seconds=120):
+  deadline = time.time() + seconds
+  while time.time() < deadline and proc.poll() is None:
+    if state.exists() and json.load(open(state))["epoch"] >= epoch:
+      return
+    time.sleep(0.2)
+  raise AssertionError(f"no checkpoint of epoch {epoch} appeared")
+
+
+def test_concurrent_runs_and_kill_9(tmp_path):
+  """Two processes on one workdir: the second is refused, naming the first,
+  which finishes. A run killed with kill -9 leaves no stale lock: the same
+  command resumes it."""
   data_dir = fake_mnist(tmp_path / "data", n_train=2000)
   workdir = tmp_path / "run"
   cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"),
          f"--config={REPO}/configs/mnist_lenet300.py:smoke",
          f"--config.data_dir={data_dir}", "--config.verify_checksums=False",
          "--config.num_validation=100", "--config.max_train_examples=0",
-         "--config.epochs=15", "--config.verbose=0",
+         "--config.epochs=10", "--config.verbose=0",
          "--config.lr_schedule=constant", f"--workdir={workdir}"]
   state = workdir / "checkpoints" / "state.json"
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
   try:
-    deadline = time.time() + 120
-    while time.time() < deadline and not state.exists():
-      time.sleep(0.2)
-    assert state.exists(), "no checkpoint appeared"
-    # A second process on the same workdir is refused, naming the first
-    # (paused meanwhile, so it cannot finish first).
-    proc.send_signal(signal.SIGSTOP)
+    _wait_for_epoch(state, 1, first)
+    # Paused while the second one tries, so it cannot finish first.
+    first.send_signal(signal.SIGSTOP)
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert second.returncode == 1
-    assert f"in use by another process (PID {proc.pid})" in second.stderr
+    assert f"in use by another process (PID {first.pid})" in second.stderr
     assert "Traceback" not in second.stderr
-    assert proc.poll() is None, "the first run did not survive the second"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, "the first run did not finish"
   finally:
-    if proc.poll() is None:
-      proc.kill()
+    if first.poll() is None:
+      first.kill()
+  assert json.load(open(workdir / "results.json"))["epochs"] == 10
+  # Extended to 25 epochs, killed with kill -9 in the middle...
+  longer = [a.replace("epochs=10", "epochs=25") for a in cmd]
+  longer.insert(2, "--extend_epochs")
+  killed = subprocess.Popen(longer, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  try:
+    _wait_for_epoch(state, 11, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+  finally:
+    if killed.poll() is None:
+      killed.kill()
   killed_at = json.load(open(state))["epoch"]
-  assert killed_at < 15, "the run finished before it could be killed"
-  # The dead holder's lock went with it: the same command resumes.
-  assert (workdir / ".lock").read_text().strip() == str(proc.pid)
-  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert 11 <= killed_at < 25, "the run finished before it could be killed"
+  assert (workdir / ".lock").read_text().strip() == str(killed.pid)
+  # ...and the same command takes the dead holder's lock and finishes.
+  done = subprocess.run(longer, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert f"Resuming {workdir} from epoch" in done.stdout
   history = json.load(open(workdir / "metrics.json"))
-  assert [r["epoch"] for r in history] == list(range(1, 16))
-  assert json.load(open(state))["epoch"] == 15
+  assert [r["epoch"] for r in history] == list(range(1, 26))
+  assert json.load(open(state))["epoch"] == 25
 
 
 @pytest.mark.parametrize("field, value, match", [
