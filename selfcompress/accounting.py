@@ -155,23 +155,17 @@ def _terms(layers, flow):
       t["weights_alive"] = ops.sum(fi * out_alive)
       t["weights_total"] = full * n_out
       t["float_bits"] = (full + (1 if bias else 0)) * n_out * FLOAT_BITS
-      if not bias and layer in flow.folds:
-        # shed() gives it a bias to hold dead inputs' constants.
-        bias = FLOAT_BITS * flow.folds[layer]
       if isinstance(layer, CompressedLayer):
-        c = layer.compressor
         state = flow.states[layer]
-        per_channel = bias + c.overhead_bits_per_channel
         t["weight_bits"] = ops.sum(state.storage_bits * fi * out_alive)
         t["penalty_bits"] = ops.sum(state.penalty_bits * fi)
       else:
-        per_channel = bias
         t["weight_bits"] = FLOAT_BITS * t["weights_alive"]
-      t["other_bits"] = per_channel * ops.sum(out_alive)
-    elif isinstance(layer, keras.layers.BatchNormalization):
+      t["other_bits"] = _channel_bits(layer, flow) * ops.sum(out_alive)
+    elif _is_norm(layer, flow):
       t["weight_bits"] = 0.0
-      t["other_bits"] = 2 * FLOAT_BITS * ops.sum(out_alive)
-      t["float_bits"] = 2 * FLOAT_BITS * t["channels_total"]
+      t["other_bits"] = NORM_BITS * ops.sum(out_alive)
+      t["float_bits"] = NORM_BITS * t["channels_total"]
     elif _compressed_inside(layer):
       t.update(_container_terms(layer, flow.states))
     elif getattr(layer, "weights", None):
@@ -183,6 +177,28 @@ def _terms(layers, flow):
       continue
     terms[layer] = t
   return terms
+
+
+# A BatchNormalization stores its scale and shift per alive channel (its
+# moving statistics fold into them).
+NORM_BITS = 2 * FLOAT_BITS
+
+
+def _is_norm(layer, flow):
+  return (layer not in flow.fan_in
+          and isinstance(layer, keras.layers.BatchNormalization))
+
+
+def _channel_bits(layer, flow):
+  """Bits an alive output channel of a weighted layer stores besides its
+  weights: its bias (or the one shed() gives it to hold dead inputs'
+  constants, a tensor) and its compressor's parameters."""
+  bits = FLOAT_BITS if getattr(layer, "bias", None) is not None else 0
+  if not bits and layer in flow.folds:
+    bits = FLOAT_BITS * flow.folds[layer]
+  if isinstance(layer, CompressedLayer):
+    bits = bits + layer.compressor.overhead_bits_per_channel
+  return bits
 
 
 def _compressed_inside(layer):
@@ -262,7 +278,8 @@ def step_totals(model, states=None):
   and the sum of the compressed layers' penalty bits (`size_penalty()`
   before its normaliser).
 
-  The rules are `account()`'s; only the sums differ: the compressed layers'
+  The rules are `account()`'s (`_channel_bits`, `NORM_BITS`); only the
+  sums differ: the compressed layers'
   and the BatchNormalizations' per-channel vectors are concatenated and
   summed once, instead of a dozen small ops per layer (each op costs a launch,
   on a CPU as much as its arithmetic). Bit counts are integers, so the
@@ -277,26 +294,21 @@ def step_totals(model, states=None):
   # bias and compressor parameters (a constant, or a tensor when a folded
   # bias may be added).
   storage, penalty, fan_in, alive, per_channel = [], [], [], [], []
-  segments, folds = [], []
-  norm_alive = []  # BatchNormalization: two float32 per alive channel
+  segments = []
+  norm_alive = []  # BatchNormalization: NORM_BITS per alive channel
   rest = []        # everything else, as account() has it
   for layer in g.layers:
     if isinstance(layer, CompressedLayer) and layer in flow.fan_in:
       state = flow.states[layer]
       out_alive = flow.out_alive[layer]
-      has_bias = getattr(layer, "bias", None) is not None
       storage.append(state.storage_bits)
       penalty.append(state.penalty_bits)
       fan_in.append(flow.fan_in[layer])
       alive.append(out_alive)
       segments.append(np.full(int(out_alive.shape[0]), len(per_channel),
                               "int32"))
-      per_channel.append((FLOAT_BITS if has_bias else 0)
-                         + layer.compressor.overhead_bits_per_channel)
-      folds.append(flow.folds[layer] if not has_bias and layer in flow.folds
-                   else 0.0)
-    elif isinstance(layer, keras.layers.BatchNormalization) and \
-        layer not in flow.fan_in:
+      per_channel.append(_channel_bits(layer, flow))
+    elif _is_norm(layer, flow):
       norm_alive.append(flow.out_alive[layer])
     else:
       rest.append(layer)
@@ -314,16 +326,17 @@ def step_totals(model, states=None):
         ops.sum(ops.concatenate(penalty, axis=0) * fan_in))
     per_layer_alive = ops.segment_sum(
         alive, np.concatenate(segments), num_segments=len(per_channel))
-    if any(ops.is_tensor(f) for f in folds):
-      per_channel = (np.asarray(per_channel, "float32")
-                     + FLOAT_BITS * ops.stack(folds))
+    if any(ops.is_tensor(b) for b in per_channel):  # folded biases
+      per_channel = ops.stack([ops.cast(b, "float32") for b in per_channel])
+    else:
+      per_channel = np.asarray(per_channel, "float32")
     other_bits = ops.sum(per_layer_alive * per_channel)
     out["bits"] += weight_bits + other_bits
     out["weight_bits"] += weight_bits
     out["alive_channels"] += ops.sum(per_layer_alive)
     out["weights_alive"] += ops.sum(alive_fan_in)
   if norm_alive:
-    out["bits"] += 2 * FLOAT_BITS * ops.sum(ops.concatenate(norm_alive, 0))
+    out["bits"] += NORM_BITS * ops.sum(ops.concatenate(norm_alive, 0))
   if not penalty_bits:
     raise ValueError("The model has no self-compressing layers.")
   return out, functools.reduce(ops.add, penalty_bits)

@@ -45,7 +45,7 @@ def _sweep(config, workdir, gammas, seeds, dense):
     c.unlock()
     c.method, c.seed = method, seed
     if method == "dense":  # the compression's settings mean nothing to it
-      for field in ("target_kb", "compressor", "shed_every_epochs"):
+      for field in training.COMPRESSION_FIELDS:
         c[field] = defaults[field]
       c.compressor_per_layer = {}
     name = f"dense_seed{seed}" if method == "dense" else f"gamma{gamma:g}_seed{seed}"

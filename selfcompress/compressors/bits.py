@@ -151,7 +151,10 @@ class BitDepth(base.ChannelCompressor):
   # -- accounting -----------------------------------------------------------
 
   def state(self):
-    return _state(self.bits())
+    bits = ops.relu(self.bits())
+    return base.ChannelState(
+        alive=ops.cast(ops.greater(bits, 0.0), bits.dtype),
+        storage_bits=ops.ceil(bits), penalty_bits=bits)
 
   def get_config(self):
     return {
@@ -163,14 +166,6 @@ class BitDepth(base.ChannelCompressor):
 
 
 _LN2 = math.log(2.0)
-
-
-def _state(bits):
-  """`BitDepth.state()` of the bit depths in force."""
-  bits = ops.relu(bits)
-  alive = ops.cast(ops.greater(bits, 0.0), bits.dtype)
-  return base.ChannelState(alive=alive, storage_bits=ops.ceil(bits),
-                           penalty_bits=bits)
 
 
 def _top_channels(values, k):
