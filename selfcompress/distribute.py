@@ -24,7 +24,6 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from selfcompress.errors import ConfigError
 

@@ -42,7 +42,6 @@ import time
 
 import keras
 import numpy as np
-from absl import logging
 
 from selfcompress import callbacks as cb
 from selfcompress import (checkpoint, data, distribute, models, pruning,

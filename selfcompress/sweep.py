@@ -3,7 +3,6 @@
 import copy
 import os
 
-from absl import logging
 
 from selfcompress import checkpoint, plots, training, workdir as workdirs
 from selfcompress import config as base_config
