@@ -35,7 +35,7 @@ class ExportReport:
   the same format, the reference the ratios are taken against.
   """
   path: str
-  format: str                    # "saved_model" or "tflite"
+  format: str                    # "saved_model", "tflite" or "keras"
   total_bytes: int               # the whole SavedModel folder / .tflite file
   weight_bytes: int              # its weights: variables/, or constant buffers
   graph_bytes: int               # the rest: graph, signatures, metadata
@@ -55,10 +55,11 @@ class ExportReport:
     return dataclasses.asdict(self)
 
   def __str__(self):
-    name = {"saved_model": "SavedModel", "tflite": "LiteRT"}[self.format]
+    name = {"saved_model": "SavedModel", "tflite": "LiteRT",
+            "keras": "Keras (.keras)"}[self.format]
     whole = "whole folder" if self.format == "saved_model" else "whole file"
-    where = ("variables/" if self.format == "saved_model"
-             else "constant buffers")
+    where = {"saved_model": "variables/", "tflite": "constant buffers",
+             "keras": "weight arrays"}[self.format]
     rows = [("", "this export", "dense float32", "dense / this"),
             (f"weights ({where})", self.weight_bytes,
              self.dense_weight_bytes),
@@ -338,9 +339,9 @@ def export(model, path, format="saved_model", overwrite=False,
       up to 2^-11 relative per weight (the learned exponents `e` are real,
       so even a 2-bit kernel's `codes * 2^e` is not exact in float16).
   """
-  if format not in ("saved_model", "tflite"):
+  if format not in ("saved_model", "tflite", "keras"):
     raise ValueError(f"Unknown export format {format!r}; supported: "
-                     "'saved_model', 'tflite'.")
+                     "'saved_model', 'tflite', 'keras'.")
   if litert_weights not in ("float32", "float16"):
     raise ValueError(f"Unknown litert_weights {litert_weights!r}; supported: "
                      "'float32', 'float16'.")
@@ -357,7 +358,11 @@ def export(model, path, format="saved_model", overwrite=False,
     raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
   size = accounting.size(model)
   if format == "tflite":
-    return _export_tflite(model, path, litert_weights, size)
+    from selfcompress import litert
+    return litert.export(model, path, litert_weights, size)
+  if format == "keras":
+    from selfcompress import keras_export
+    return keras_export.export(model, path, size)
   compact, dense, packs = serving_models(model)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
@@ -480,65 +485,3 @@ def _input_names(model):
 def _folder_bytes(path):
   return sum(os.path.getsize(os.path.join(d, f))
              for d, _, files in os.walk(path) for f in files)
-
-
-def run_litert(path, x):
-  """Outputs of the single-input, single-output LiteRT file `path` on the
-  batch `x`, computed by the `ai-edge-litert` interpreter."""
-  try:
-    from ai_edge_litert import interpreter as interpreter_lib
-  except ImportError as e:
-    raise ImportError("Running a LiteRT file needs the LiteRT interpreter: "
-                      "pip install ai-edge-litert") from e
-  it = interpreter_lib.Interpreter(model_path=os.fspath(path))
-  (inp,), (out,) = it.get_input_details(), it.get_output_details()
-  it.resize_tensor_input(inp["index"], x.shape)
-  it.allocate_tensors()
-  it.set_tensor(inp["index"], np.asarray(x, inp["dtype"]))
-  it.invoke()
-  return it.get_tensor(out["index"])
-
-
-def _export_tflite(model, path, weights, size):
-  """Writes `path` (a .tflite file) atomically; returns its `ExportReport`."""
-  data = _convert_litert(float_model(shedding.shed(model)), weights)
-  dense = _convert_litert(float_model(model), "float32")
-  report = ExportReport(
-      path=path, format="tflite", total_bytes=len(data),
-      weight_bytes=_litert_buffer_bytes(data),
-      graph_bytes=len(data) - _litert_buffer_bytes(data),
-      accounting_bytes=size.bytes,
-      float32_accounting_bytes=size.float_bits / 8,
-      dense_float32_bytes=len(dense),
-      dense_weight_bytes=_litert_buffer_bytes(dense))
-
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      f.write(data)
-  from selfcompress import checkpoint
-  checkpoint.atomic_write(path, write)
-  return report
-
-
-def _convert_litert(twin, weights):
-  """The LiteRT flatbuffer of the plain Keras model `twin`, as bytes."""
-  with tempfile.TemporaryDirectory(prefix="selfcompress-litert-") as tmp:
-    # What from_keras_model does, without its printout of the signature.
-    twin.export(tmp, verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-    if weights == "float16":
-      converter.optimizations = [tf.lite.Optimize.DEFAULT]
-      converter.target_spec.supported_types = [tf.float16]
-    return converter.convert()
-
-
-def _litert_buffer_bytes(data):
-  """Bytes of a LiteRT flatbuffer's constant buffers (its weights)."""
-  from tensorflow.lite.python import schema_py_generated as schema
-  model = schema.Model.GetRootAsModel(data, 0)
-  total = 0
-  for i in range(model.BuffersLength()):
-    buffer = model.Buffers(i)
-    # Files over 2 GB keep buffers outside the flatbuffer (offset, size).
-    total += buffer.Size() if buffer.Offset() > 1 else buffer.DataLength()
-  return total

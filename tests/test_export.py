@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import selfcompress as sc
-from selfcompress import exporting
+from selfcompress import exporting, litert
 from test_shedding import _kill, _randomize, conv_bn_flatten, mlp, residual
 
 
@@ -182,7 +182,7 @@ def test_litert_export_matches_within_float_tolerance(build, tmp_path):
   path = str(tmp_path / "model.tflite")
   report = sc.export(model, path, format="tflite")
   assert os.path.getsize(path) == report.total_bytes
-  served = exporting.run_litert(path, x)
+  served = litert.run_litert(path, x)
   np.testing.assert_allclose(served, expected, atol=1e-4, rtol=1e-4)
   np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
 
@@ -203,7 +203,7 @@ def test_litert_float16_weights_halve_the_file(tmp_path):
     sizes[weights] = sc.export(model, path, format="tflite",
                                litert_weights=weights).total_bytes
     # float16 rounding of the folded weights: ~2^-11 relative per weight.
-    np.testing.assert_allclose(exporting.run_litert(path, x), expected,
+    np.testing.assert_allclose(litert.run_litert(path, x), expected,
                                atol=5e-3 * np.abs(expected).max(), rtol=0)
   # Mostly weights (16 x 1,024 after shedding): float16 halves them.
   assert sizes["float16"] < 0.6 * sizes["float32"], sizes
@@ -236,7 +236,7 @@ def test_export_tool_writes_both_formats(tmp_path):
                              atol=1e-5)
   # The LiteRT file, run by the LiteRT interpreter (float16 weights: ~2^-11
   # relative rounding per weight).
-  served = exporting.run_litert(str(tmp_path / "m.tflite"), x)
+  served = litert.run_litert(str(tmp_path / "m.tflite"), x)
   np.testing.assert_allclose(served, expected,
                              atol=5e-3 * np.abs(expected).max(), rtol=0)
   np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import selfcompress as sc  # noqa: E402
-from selfcompress import exporting as export_lib  # noqa: E402
+from selfcompress import exporting as export_lib, litert  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", None, "Trained .keras files.")
@@ -37,7 +37,7 @@ def serving_fn(path):
   return lambda x: fn(**{name: x})["output"]
 
 
-def litert(model, work):
+def litert_sizes(model, work):
   """LiteRT file sizes (float32 and float16 weights) and their largest
   output difference from the trained model, on 256 random inputs."""
   x = np.random.default_rng(1).normal(
@@ -47,7 +47,7 @@ def litert(model, work):
     path = os.path.join(work, f"{weights}.tflite")
     nbytes = sc.export(model, path, format="tflite",
                        litert_weights=weights).total_bytes
-    served = export_lib.run_litert(path, x)
+    served = litert.run_litert(path, x)
     same = (served.argmax(1) == expected.argmax(1)).mean()
     print(f"  LiteRT, {weights} weights: {nbytes:,} B; max |LiteRT - trained| "
           f"= {np.abs(served - expected).max():.2e}, same argmax {100 * same:.1f}%")
@@ -72,7 +72,7 @@ def main(_):
             f"variables/accounting {variables / size.bytes:.2f}")
       print(f"  dense float32 SavedModel: {report.dense_float32_bytes:,} B; "
             f"compact is {report.dense_float32_bytes / report.directory_bytes:.1f}x smaller")
-      litert(model, work)
+      litert_sizes(model, work)
       fns = {"compact": serving_fn(os.path.join(work, "compact")),
              "dense": serving_fn(os.path.join(work, "dense"))}
       rng = np.random.default_rng(0)
