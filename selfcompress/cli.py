@@ -189,17 +189,51 @@ def sweep():
   _run(main)
 
 
+def _workdir_data():
+  """The datasets of the run in --workdir, as its config.json describes."""
+  from selfcompress import data, workdir
+  config = workdir.recorded(FLAGS.workdir)
+  if config is None:
+    _fail(f"{FLAGS.workdir} has no config.json, so its data is unknown; pass "
+          "--model=FILE.keras (and --representative_data) instead.")
+  return data.load(
+      config["dataset"], FLAGS.data_dir or config["data_dir"],
+      batch_size=config["batch_size"], num_validation=config["num_validation"],
+      seed=config["seed"], verify_checksums=config["verify_checksums"],
+      max_train_examples=config["max_train_examples"] or None)
+
+
+def _load_npy(path):
+  import numpy as np
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    _fail(f"--representative_data={path} is not a readable .npy array of "
+          f"inputs ({e}).")
+
+
 def export():
   """Exports a trained model (a workdir's model.keras, or any .keras file)."""
   flags.DEFINE_string("workdir", None, "A tools/train.py workdir (uses its "
-                      "model.keras).")
+                      "model.keras, and its config's data for calibration "
+                      "and test accuracy).")
   flags.DEFINE_string("model", None, "A .keras file (instead of --workdir).")
-  flags.DEFINE_string("output", None, "The SavedModel folder or .tflite file.")
-  flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"],
+  flags.DEFINE_string("output", None, "The SavedModel folder, .tflite or "
+                      ".keras file.")
+  flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite", "keras"],
                     "Export format.")
-  flags.DEFINE_enum("litert_weights", "float32", ["float32", "float16"],
-                    "With --format=tflite: float16 halves the weights, "
-                    "rounding some of them (see selfcompress.export).")
+  flags.DEFINE_enum("litert_weights", "codes", ["codes", "float32", "float16"],
+                    "With --format=tflite: the learned integer codes, or "
+                    "float weights (see selfcompress.export).")
+  flags.DEFINE_enum("litert_compute", "float", ["float", "dynamic", "integer"],
+                    "With --format=tflite: float (exact), dynamic (integer-"
+                    "weight kernels) or integer (full-integer, int8 "
+                    "activations calibrated on training inputs).")
+  flags.DEFINE_string("representative_data", None, "For --litert_compute="
+                      "integer with --model: a .npy file of training inputs "
+                      "(with --workdir, its config's training data is used).")
+  flags.DEFINE_string("data_dir", None, "With --workdir: where its dataset "
+                      "is now, if not where the run read it.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing export.")
 
   def main(argv):
@@ -207,20 +241,48 @@ def export():
     if bool(FLAGS.workdir) == bool(FLAGS.model):
       _fail("Give exactly one of --workdir and --model.")
     if not FLAGS.output:
-      _fail("--output is required: the SavedModel folder or .tflite file to "
-            "write.")
+      _fail("--output is required: the SavedModel folder, .tflite or .keras "
+            "file to write.")
     path = FLAGS.model or os.path.join(FLAGS.workdir, "model.keras")
     if not os.path.exists(path):
       _fail(
           f"{path} does not exist. A workdir has model.keras once "
           "tools/train.py has finished; otherwise pass --model=FILE.keras.")
+    if FLAGS.format != "tflite" and (FLAGS["litert_weights"].present
+                                     or FLAGS["litert_compute"].present):
+      _fail("--litert_weights and --litert_compute apply to --format=tflite.")
+    if FLAGS.output and os.path.exists(FLAGS.output) and not FLAGS.overwrite:
+      _fail(f"--output={FLAGS.output} exists. Pass --overwrite to replace "
+            "it, or choose another --output.")
     import selfcompress as sc
+    from selfcompress import litert
+    datasets = _workdir_data() if FLAGS.workdir and FLAGS.format == "tflite" else None
+    representative = None
+    if FLAGS.litert_compute == "integer":
+      if FLAGS.representative_data:
+        representative = _load_npy(FLAGS.representative_data)
+      elif datasets is not None:
+        representative = datasets.train
+      else:
+        _fail("--litert_compute=integer calibrates on training inputs: pass "
+              "--workdir (its config's data), or --representative_data="
+              "FILE.npy with --model.")
+    model = sc.load_model(path)
     try:
-      report = sc.export(sc.load_model(path), FLAGS.output,
-                         format=FLAGS.format, overwrite=FLAGS.overwrite,
-                         litert_weights=FLAGS.litert_weights)
+      report = sc.export(
+          model, FLAGS.output, format=FLAGS.format, overwrite=FLAGS.overwrite,
+          **(dict(litert_weights=FLAGS.litert_weights,
+                  litert_compute=FLAGS.litert_compute,
+                  representative_data=representative)
+             if FLAGS.format == "tflite" else {}))
     except FileExistsError:
       _fail(f"--output={FLAGS.output} exists. Pass --overwrite to replace "
             "it, or choose another --output.")
     print(report)  # a table: weights, graph, whole export, dense, accounting
+    if datasets is not None:
+      print("Test accuracy: this file "
+            f"{100 * litert.accuracy(litert.Runner(FLAGS.output), datasets.test):.2f}%, "
+            "the trained model "
+            f"{100 * litert.accuracy(lambda x: model(x, training=False), datasets.test):.2f}% "
+            f"({datasets.num_test:,} test examples, {datasets.name}).")
   _run(main, with_config=False)

@@ -45,6 +45,9 @@ class ExportReport:
   dense_weight_bytes: int        # the dense float32 export's weights
   packed_weight_bytes: int = None  # SavedModel: the packed codes alone
   zlib_weight_bytes: int = None    # the same, entropy-coded with zlib -9
+  compute: str = None              # LiteRT: "float", "dynamic", "integer"
+  layers: tuple = ()               # LiteRT: a `litert.StoredLayer` each
+  clamped_codes: int = 0           # LiteRT: -128 codes stored as -127
 
   @property
   def directory_bytes(self):
@@ -84,7 +87,23 @@ class ExportReport:
     lines.append(
         f"  weights on disk / accounting: "
         f"{_ratio(self.weight_bytes, self.accounting_bytes)}")
+    if self.compute:
+      lines.append(f"  computes: {_COMPUTE[self.compute]}")
+    for row in self.layers:
+      kernel = {"dequantize": ", dequantized at load",
+                "integer": ", integer kernel", "-": ""}[row.kernel]
+      note = f" ({row.note})" if row.note else ""
+      lines.append(f"    {row.layer}: {row.storage}{kernel}{note}")
+    if self.clamped_codes:
+      lines.append(f"  {self.clamped_codes} code(s) of -128 stored as -127 "
+                   "(integer kernels take symmetric int8)")
     return "\n".join(lines)
+
+
+_COMPUTE = {
+    "float": "float32 on the dequantized codes (the trained model's outputs)",
+    "dynamic": "integer-weight kernels, activations quantized on the fly",
+    "integer": "full integer: int8 activations, input and output"}
 
 
 def _bytes(n):
@@ -315,7 +334,8 @@ def _copy_weights(made):
 
 
 def export(model, path, format="saved_model", overwrite=False,
-           litert_weights="float32"):
+           litert_weights=None, litert_compute="float",
+           representative_data=None):
   """Writes `model` for serving; returns an `ExportReport` (`print()` it
   for the sizes: weights, graph, whole export, the accounting and the dense
   float32 model's export, with their ratios).
@@ -323,31 +343,57 @@ def export(model, path, format="saved_model", overwrite=False,
   Args:
     model: a trained `SelfCompressingModel` (or any model of
       `selfcompress.layers`).
-    path: the SavedModel folder (or .tflite file) to create. Written to a
-      hidden temporary folder (file) next to it and renamed, so a failure or
-      an interrupt leaves neither a half-written export nor the temporary
-      one. The export gets the usual permissions (umask), not tempfile's
-      owner-only ones.
-    format: "saved_model", or "tflite" (LiteRT). LiteRT has no bitwise
-      ops to unpack codes with, so the `.tflite` file holds the shed
-      network's quantized weights in float32: smaller than the dense model
-      by the channels shedding removed, not by the bit depths.
-    overwrite: replace an existing folder at `path`.
-    litert_weights: "float32" (exact), or "float16": LiteRT's float16
-      weight quantization, about half the file. The weights are widened
-      back to float32 at load, so only their rounding to float16 differs:
-      up to 2^-11 relative per weight (the learned exponents `e` are real,
-      so even a 2-bit kernel's `codes * 2^e` is not exact in float16).
+    path: the SavedModel folder (or .tflite / .keras file) to create.
+      Written to a hidden temporary folder (file) next to it and renamed,
+      so a failure or an interrupt leaves neither a half-written export nor
+      the temporary one. The export gets the usual permissions (umask), not
+      tempfile's owner-only ones.
+    format: "saved_model" (the packed codes, decoded once at load),
+      "tflite" (LiteRT, see `selfcompress.litert`) or "keras" (a `.keras`
+      file of Keras' own int8/int4 layers holding the codes, loadable
+      without selfcompress; see `selfcompress.keras_export`).
+    overwrite: replace an existing export at `path`.
+    litert_weights: LiteRT only. "codes" (the default): each compressed
+      layer's learned integer codes as int2/int4/int8 weights with a scale
+      per channel. "float32": the quantized weights in float32. "float16":
+      LiteRT's float16 weight quantization (up to 2^-11 relative rounding
+      per weight: the learned exponents `e` are real, so even a 2-bit
+      kernel's `codes * 2^e` is not exact in float16).
+    litert_compute: LiteRT with "codes" only. "float" (exact: the weights
+      are dequantized once and the model computes in float32), "dynamic"
+      (LiteRT's integer-weight kernels, activations quantized on the fly:
+      faster, not exact) or "integer" (full-integer for microcontrollers:
+      int8 activations calibrated on `representative_data`, int8 input and
+      output).
+    representative_data: for litert_compute="integer": inputs the model
+      sees in use (an array, or a `tf.data.Dataset` of batches or of
+      `(inputs, labels)` batches); up to 256 are used for calibration.
   """
+  from selfcompress import litert
   if format not in ("saved_model", "tflite", "keras"):
     raise ValueError(f"Unknown export format {format!r}; supported: "
                      "'saved_model', 'tflite', 'keras'.")
-  if litert_weights not in ("float32", "float16"):
+  if format != "tflite" and (litert_weights is not None
+                             or litert_compute != "float"
+                             or representative_data is not None):
+    raise ValueError("litert_weights, litert_compute and representative_data "
+                     "apply to format='tflite' only; the SavedModel stores "
+                     "the packed integer codes.")
+  litert_weights = litert_weights or "codes"
+  if litert_weights not in litert.WEIGHTS:
     raise ValueError(f"Unknown litert_weights {litert_weights!r}; supported: "
-                     "'float32', 'float16'.")
-  if litert_weights != "float32" and format != "tflite":
-    raise ValueError("litert_weights applies to format='tflite' only; the "
-                     "SavedModel stores the packed integer codes.")
+                     + ", ".join(map(repr, litert.WEIGHTS)) + ".")
+  if litert_compute not in litert.COMPUTE:
+    raise ValueError(f"Unknown litert_compute {litert_compute!r}; supported: "
+                     + ", ".join(map(repr, litert.COMPUTE)) + ".")
+  if litert_compute != "float" and litert_weights != "codes":
+    raise ValueError(f"litert_compute={litert_compute!r} computes with the "
+                     "integer codes; it needs litert_weights='codes'.")
+  if (litert_compute == "integer") != (representative_data is not None):
+    raise ValueError(
+        "A full-integer LiteRT model (litert_compute='integer') calibrates "
+        "its int8 activations on representative_data (some of the training "
+        "inputs), and only it does: pass both or neither.")
   if not any(isinstance(l, CompressedLayer) for l in surgery.layers(model)):
     raise ValueError(
         f"Model {model.name!r} has no self-compressing layers, so there is "
@@ -358,8 +404,8 @@ def export(model, path, format="saved_model", overwrite=False,
     raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
   size = accounting.size(model)
   if format == "tflite":
-    from selfcompress import litert
-    return litert.export(model, path, litert_weights, size)
+    return litert.export(model, path, size, litert_weights, litert_compute,
+                         representative_data)
   if format == "keras":
     from selfcompress import keras_export
     return keras_export.export(model, path, size)
