@@ -211,45 +211,135 @@ def store_codes(data, layers, compute="float"):
           "bits; LiteRT has no integer type between int8 and float"))
       continue
     t = graph.tensors[i]
-    model.buffers[t.buffer].data = _pack(codes, bits)
-    t.type = _TYPE[bits]
-    t.quantization = schema.QuantizationParametersT(
-        scale=scales.tolist(), zeroPoint=[0] * scales.size,
-        quantizedDimension=axis)
-    if not direct:
-      dequantize.append(i)
-    stored.append(StoredLayer(layer.name, f"int{bits}",
-                              "integer" if direct else "dequantize"))
+    t.name = f"{layer.name}/codes".encode()
+    groups = None if direct else _groups(codes, axis, bits)
+    if groups is None:
+      _set_codes(model, t, codes, scales, axis, bits)
+      if not direct:
+        dequantize.append((i, [i], None))
+      stored.append(StoredLayer(layer.name, f"int{bits}",
+                                "integer" if direct else "dequantize"))
+      continue
+    parts, order = [], np.concatenate([c for _, c in groups])
+    for n, (width, channels) in enumerate(groups):
+      part = t if n == 0 else _new_tensor(graph, t.name, t.shape)
+      part.shape = list(t.shape)
+      part.shape[axis] = channels.size
+      if n:
+        model.buffers.append(schema.BufferT())
+        part.buffer = len(model.buffers) - 1
+      _set_codes(model, part, np.take(codes, channels, axis=axis),
+                 scales[channels], axis, width)
+      parts.append(i if n == 0 else len(graph.tensors) - 1)
+    dequantize.append((i, parts, (axis, np.argsort(order).astype(np.int32))))
+    stored.append(StoredLayer(
+        layer.name, "+".join(f"int{w}" for w, _ in groups), "dequantize",
+        "channels grouped by width: " + ", ".join(
+            f"{c.size} in int{w}" for w, c in groups)))
   _add_dequantize(model, graph, dequantize)
+  _strip_names(model)
   return flatbuffer_utils.convert_object_to_bytearray(model), stored, clamped
 
 
-def _add_dequantize(model, graph, tensors):
-  """Puts a DEQUANTIZE op in front of each of `tensors`' consumers."""
-  if not tensors:
-    return
-  index = next((i for i, c in enumerate(model.operatorCodes)
-                if c.builtinCode == _OP.DEQUANTIZE), None)
-  if index is None:
-    index = len(model.operatorCodes)
-    # Version 2 is DEQUANTIZE from int8, what resolvers all register; the
-    # kernel reads the input type (int4, int2 included) from the tensor.
-    model.operatorCodes.append(schema.OperatorCodeT(
-        deprecatedBuiltinCode=_OP.DEQUANTIZE, builtinCode=_OP.DEQUANTIZE,
-        version=2))
+# Bytes a grouped weight adds besides its codes: per group a tensor, its
+# buffer, its quantization and a DEQUANTIZE op; once a CONCATENATION, a
+# GATHER, their output tensors and the int32 channel order (4 per channel).
+_GROUP_BYTES, _REGROUP_BYTES = 160, 400
+
+
+def _groups(codes, axis, bits):
+  """`[(width, channels)]` splitting a weight's channels by the integer
+  width each needs (int2, int4, int8), when that saves more bytes than the
+  ops that put them back together cost; else None. Only for DEQUANTIZE:
+  a LiteRT kernel takes one weight tensor of one type."""
+  rows = np.moveaxis(codes, axis, 0).reshape(codes.shape[axis], -1)
+  widths = np.array([_width(r) for r in rows])
+  per = rows.shape[1]
+  groups = [(w, np.flatnonzero(widths == w)) for w in (2, 4, 8)
+            if (widths == w).any()]
+  if len(groups) < 2:
+    return None
+  split = sum(-(-c.size * per * w // 8) for w, c in groups)
+  cost = _REGROUP_BYTES + _GROUP_BYTES * len(groups) + 4 * rows.shape[0]
+  whole = -(-rows.size * bits // 8)
+  return groups if split + cost < whole else None
+
+
+def _set_codes(model, tensor, codes, scales, axis, bits):
+  model.buffers[tensor.buffer].data = _pack(codes, bits)
+  tensor.type = _TYPE[bits]
+  tensor.quantization = schema.QuantizationParametersT(
+      scale=np.asarray(scales, np.float32).tolist(),
+      zeroPoint=[0] * len(scales), quantizedDimension=axis)
+
+
+def _new_tensor(graph, name, shape, dtype=schema.TensorType.FLOAT32):
+  tensor = schema.TensorT()
+  tensor.shape, tensor.type, tensor.buffer = list(shape), dtype, 0
+  tensor.name = name
+  graph.tensors.append(tensor)
+  return tensor
+
+
+def _opcode(model, builtin, version):
+  """The index of `builtin`'s operator code, added if missing."""
+  for i, c in enumerate(model.operatorCodes):
+    if c.builtinCode == builtin:
+      return i
+  model.operatorCodes.append(schema.OperatorCodeT(
+      deprecatedBuiltinCode=min(builtin, 127), builtinCode=builtin,
+      version=version))
+  return len(model.operatorCodes) - 1
+
+
+def _operator(model, builtin, version, inputs, outputs, options=None,
+              options_type=0):
+  op = schema.OperatorT()
+  op.opcodeIndex = _opcode(model, builtin, version)
+  op.inputs, op.outputs = list(inputs), list(outputs)
+  op.builtinOptionsType, op.builtinOptions = options_type, options
+  return op
+
+
+def _add_dequantize(model, graph, weights):
+  """Feeds each weight's consumers with its float32 values: `weights` are
+  `(tensor, parts, regroup)`, the integer `parts` each through DEQUANTIZE
+  and, when a weight's channels were grouped by width, `regroup = (axis,
+  order)`: CONCATENATION along the axis, then GATHER in the original
+  order. All run once: their inputs are constants."""
   ops = []
-  for i in tensors:
-    weights = graph.tensors[i]
-    floats = schema.TensorT()
-    floats.shape, floats.type = list(weights.shape), schema.TensorType.FLOAT32
-    floats.buffer, floats.name = 0, weights.name + b"/dequantized"
-    graph.tensors.append(floats)
-    out = len(graph.tensors) - 1
+  for i, parts, regroup in weights:
+    shape = graph.tensors[i].shape
+    name = graph.tensors[i].name
+    floats = []
+    for part in parts:
+      # Version 2 is DEQUANTIZE from int8, what resolvers all register; the
+      # kernel reads the input type (int4, int2 included) from the tensor.
+      _new_tensor(graph, None, graph.tensors[part].shape)
+      floats.append(len(graph.tensors) - 1)
+      ops.append(_operator(model, _OP.DEQUANTIZE, 2, [part], floats[-1:]))
+    out = floats[0]
+    if regroup is not None:
+      axis, order = regroup
+      _new_tensor(graph, None, shape)
+      joined = len(graph.tensors) - 1
+      options = schema.ConcatenationOptionsT()
+      options.axis = axis
+      ops.append(_operator(model, _OP.CONCATENATION, 1, floats, [joined],
+                           options, schema.BuiltinOptions.ConcatenationOptions))
+      model.buffers.append(schema.BufferT(data=order.view(np.uint8)))
+      index = _new_tensor(graph, None, [order.size], schema.TensorType.INT32)
+      index.buffer = len(model.buffers) - 1
+      _new_tensor(graph, name + b"/dequantized", shape)
+      out = len(graph.tensors) - 1
+      options = schema.GatherOptionsT()
+      options.axis = axis
+      ops.append(_operator(model, _OP.GATHER, 1, [joined, out - 1], [out],
+                           options, schema.BuiltinOptions.GatherOptions))
+    else:
+      graph.tensors[out].name = name + b"/dequantized"
     for op in graph.operators:
       op.inputs = [out if t == i else t for t in op.inputs]
-    op = schema.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = index, [i], [out]
-    ops.append(op)
   graph.operators = ops + list(graph.operators)
 
 
@@ -325,8 +415,21 @@ def store_codes_full_integer(data, layers):
     for position, op in users.get(i, []):
       if position == 1 and len(op.inputs) > 2 and op.inputs[2] >= 0:
         _requantize_bias(model, graph, op, old, scales)
+    t.name = f"{layer.name}/codes".encode()
     stored.append(StoredLayer(layer.name, "int8", "integer"))
+  _strip_names(model)
   return flatbuffer_utils.convert_object_to_bytearray(model), stored, clamped
+
+
+def _strip_names(model):
+  """Drops the converter's names of intermediate tensors (lists of the
+  TensorFlow ops fused into each, ~40 bytes a tensor): the inputs, outputs
+  and the weights (named `LAYER/codes`) keep theirs."""
+  for graph in model.subgraphs:
+    keep = set(graph.inputs) | set(graph.outputs)
+    for i, t in enumerate(graph.tensors):
+      if i not in keep and not (t.name or b"").endswith(b"/codes"):
+        t.name = None
 
 
 def _requantize_bias(model, graph, op, old, new):
