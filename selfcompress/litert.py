@@ -45,7 +45,7 @@ import tensorflow as tf  # the LiteRT converter
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
-from selfcompress import checkpoint, exporting, shedding
+from selfcompress import checkpoint, exporting, native_logs, shedding
 from selfcompress.layers import CompressedLayer
 
 _OP = schema.BuiltinOperator
@@ -464,7 +464,8 @@ class Runner:
     except ImportError as e:
       raise ImportError("Running a LiteRT file needs the LiteRT interpreter: "
                         "pip install ai-edge-litert") from e
-    self._it = interpreter_lib.Interpreter(model_path=os.fspath(path))
+    with native_logs.quiet_native():
+      self._it = interpreter_lib.Interpreter(model_path=os.fspath(path))
     (self._in,), (self._out,) = (self._it.get_input_details(),
                                  self._it.get_output_details())
     self._shape = None
@@ -473,7 +474,8 @@ class Runner:
     x = np.asarray(x, np.float32)
     if x.shape != self._shape:
       self._it.resize_tensor_input(self._in["index"], x.shape)
-      self._it.allocate_tensors()
+      with native_logs.quiet_native():  # XNNPACK says it was created
+        self._it.allocate_tensors()
       self._shape = x.shape
     if self._in["dtype"] == np.int8:
       scale, zero = self._in["quantization"]
@@ -566,7 +568,8 @@ def _convert_litert(twin, weights, representative_data=None):
           tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
       converter.inference_input_type = tf.int8
       converter.inference_output_type = tf.int8
-    return converter.convert()
+    with native_logs.quiet_native():
+      return converter.convert()
 
 
 def _litert_buffer_bytes(data):

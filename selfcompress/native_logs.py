@@ -34,6 +34,19 @@ def silenced_stderr():
     os.close(saved)
 
 
+@contextlib.contextmanager
+def quiet_native():
+  """`silenced_stderr()` unless the user asked for the native logs
+  (TF_CPP_MIN_LOG_LEVEL 0 or 1): for the LiteRT converter's and
+  interpreter's C++ lines ("fully_quantize: 0, ...", "Created TensorFlow
+  Lite XNNPACK delegate for CPU"), which no log level silences."""
+  if os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1"):
+    yield
+  else:
+    with silenced_stderr():
+      yield
+
+
 def import_tensorflow():
   if "tensorflow" in sys.modules or os.environ.get(
       "TF_CPP_MIN_LOG_LEVEL") in ("0", "1"):
