@@ -56,6 +56,8 @@ _TYPE = {2: schema.TensorType.INT2, 4: schema.TensorType.INT4,
 _DYNAMIC = {_OP.FULLY_CONNECTED: (1, 0, (2, 4, 8)),
             _OP.CONV_2D: (1, 0, (4, 8)),
             _OP.DEPTHWISE_CONV_2D: (1, 3, (8,))}
+# Ops with kernels for int4 weights and int8 activations (full integer).
+_INT4_WITH_INT8 = {_OP.FULLY_CONNECTED, _OP.CONV_2D}
 COMPUTE = ("float", "dynamic", "integer")
 WEIGHTS = ("codes", "float32", "float16")
 
@@ -407,8 +409,13 @@ def store_codes_full_integer(data, layers):
     clamped += int((codes < -127).sum())
     codes = np.maximum(codes, -127)
     shape = (channels,) + tuple(np.delete(t.shape, axis))
-    model.buffers[t.buffer].data = np.moveaxis(
-        codes.reshape(shape), 0, axis).astype(np.int8).reshape(-1).view(np.uint8)
+    codes = np.moveaxis(codes.reshape(shape), 0, axis)
+    kinds = {model.operatorCodes[op.opcodeIndex].builtinCode
+             for position, op in users.get(i, []) if position == 1}
+    width = 4 if (kinds and kinds <= _INT4_WITH_INT8 and axis == 0
+                  and _width(codes, (4,))) else 8
+    model.buffers[t.buffer].data = _pack(codes, width)
+    t.type = _TYPE[width]
     t.quantization.scale = scales.astype(np.float32).tolist()
     t.quantization.zeroPoint = [0] * channels
     t.quantization.quantizedDimension = axis
@@ -416,7 +423,7 @@ def store_codes_full_integer(data, layers):
       if position == 1 and len(op.inputs) > 2 and op.inputs[2] >= 0:
         _requantize_bias(model, graph, op, old, scales)
     t.name = f"{layer.name}/codes".encode()
-    stored.append(StoredLayer(layer.name, "int8", "integer"))
+    stored.append(StoredLayer(layer.name, f"int{width}", "integer"))
   _strip_names(model)
   return flatbuffer_utils.convert_object_to_bytearray(model), stored, clamped
 

@@ -196,10 +196,13 @@ def test_code_minus_128_is_exact_in_float_and_clamped_for_integer_kernels(
   assert np.abs(served - expected).max() < 0.05 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("build", [conv_bn_flatten, depthwise_separable])
-def test_integer_kernels_and_full_integer_agree_on_argmax(build, tmp_path):
+@pytest.mark.parametrize("build, low, high", [
+    (conv_bn_flatten, 3.0, 7.9), (depthwise_separable, 3.0, 7.9),
+    (conv_bn_flatten, 2.0, 4.0)])
+def test_integer_kernels_and_full_integer_agree_on_argmax(build, low, high,
+                                                          tmp_path):
   rng = np.random.default_rng(3)
-  model = _grid(sc.compress(build()), rng, low=3.0)
+  model = _grid(sc.compress(build()), rng, low=low, high=high)
   x, expected = _inputs(model, rng, n=256)
   for compute in ("dynamic", "integer"):
     path = str(tmp_path / f"{compute}.tflite")
@@ -227,6 +230,8 @@ def test_integer_kernels_and_full_integer_agree_on_argmax(build, tmp_path):
                        and (np.sort(np.abs(w), 1) == rows).all()
                        for w, _, _ in learned.values())
       assert matched >= len(ours)
+      if high <= 4:  # int4 weights with int8 activations: FC and CONV_2D
+        assert {r.storage for r in ours} == {"int4"}, report
 
 
 def test_litert_arguments_are_checked(tmp_path):
