@@ -27,6 +27,15 @@ REPORT = "selfcompress_export.json"
 
 
 @dataclasses.dataclass(frozen=True)
+class StoredLayer:
+  """How an export stores one compressed layer's kernel."""
+  layer: str
+  storage: str        # "int8", "int4", "int2", "int4+int8"..., or "float32"
+  kernel: str         # LiteRT: "dequantize" or "integer"; else "-"
+  note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportReport:
   """What `export()` wrote, in bytes; `print(report)` shows it as a table.
 
@@ -46,7 +55,7 @@ class ExportReport:
   packed_weight_bytes: int = None  # SavedModel: the packed codes alone
   zlib_weight_bytes: int = None    # the same, entropy-coded with zlib -9
   compute: str = None              # LiteRT: "float", "dynamic", "integer"
-  layers: tuple = ()               # LiteRT: a `litert.StoredLayer` each
+  layers: tuple = ()               # a `StoredLayer` each (LiteRT, Keras)
   clamped_codes: int = 0           # LiteRT: -128 codes stored as -127
 
   @property

@@ -98,7 +98,9 @@ def export(model, path, size):
       graph_bytes=sizes["total"] - sizes["weights"],
       accounting_bytes=size.bytes,
       float32_accounting_bytes=size.float_bits / 8,
-      dense_float32_bytes=dense_total, dense_weight_bytes=dense_weights)
+      dense_float32_bytes=dense_total, dense_weight_bytes=dense_weights,
+      layers=tuple(exporting.StoredLayer(r["layer"], r["stored"], "-", r["why"])
+                   for r in layers))
 
 
 def stored_as(path):
@@ -270,18 +272,22 @@ def _plan(layer):
     name = type(layer.compressor).__name__
     return _Plan("float32", f"its compressor ({name}) stores no integer codes")
   values, scale, bits = codes(layer)
-  if bits > 8:
-    return _Plan("float32",
-                 f"a channel takes {bits} bits, more than int8 holds")
+
+  def fits(width):  # the codes as they are: a 9-bit grid may hold 8-bit codes
+    return (values.min() >= -(1 << (width - 1))
+            and values.max() < (1 << (width - 1)))
+  if not fits(8):
+    return _Plan("float32", f"its codes need more than 8 bits (a channel's "
+                 f"grid has {bits}), more than int8 holds")
   refused = {}
-  for mode in ("int4", "int8") if bits <= 4 else ("int8",):
+  for mode in ("int4", "int8") if fits(4) else ("int8",):
     if mode == "int8" and layer.compute_dtype == "float16":
       refused[mode] = "Keras does not quantize to int8 under float16"
       continue
     arrays, why = layout(layer, values, scale, mode)
     if arrays is not None:
       notes = "".join(f" (not {m}: {w})" for m, w in refused.items())
-      return _Plan(mode, f"{bits}-bit codes{notes}", arrays)
+      return _Plan(mode, f"codes of a grid up to {bits} bits{notes}", arrays)
     refused[mode] = why
   if len(set(refused.values())) == 1:
     return _Plan("float32", next(iter(refused.values())))

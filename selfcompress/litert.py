@@ -46,6 +46,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from selfcompress import checkpoint, exporting, native_logs, shedding
+from selfcompress.exporting import StoredLayer
 from selfcompress.layers import CompressedLayer
 
 _OP = schema.BuiltinOperator
@@ -91,15 +92,6 @@ def layer_codes(model):
     bits = np.where(alive, np.asarray(state.storage_bits), 0).astype(int)
     found.append(LayerCodes(layer.name, codes.astype(np.int64), scale, bits))
   return found
-
-
-@dataclasses.dataclass(frozen=True)
-class StoredLayer:
-  """How the LiteRT file stores one compressed layer's kernel."""
-  layer: str
-  storage: str        # "int8", "int4", "int2", or "float32" (see `note`)
-  kernel: str         # "dequantize", "integer" or "-" (float32 storage)
-  note: str = ""
 
 
 def _matches(layer, values):
