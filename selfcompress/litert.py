@@ -232,7 +232,7 @@ def store_codes(data, layers, compute="float"):
             f"{c.size} in int{w}" for w, c in groups)))
   _add_dequantize(model, graph, dequantize)
   _strip_names(model)
-  return flatbuffer_utils.convert_object_to_bytearray(model), stored, clamped
+  return _to_bytes(model), stored, clamped
 
 
 # Bytes a grouped weight adds besides its codes: per group a tensor, its
@@ -262,9 +262,7 @@ def _groups(codes, axis, bits):
 def _set_codes(model, tensor, codes, scales, axis, bits):
   model.buffers[tensor.buffer].data = _pack(codes, bits)
   tensor.type = _TYPE[bits]
-  tensor.quantization = schema.QuantizationParametersT(
-      scale=np.asarray(scales, np.float32).tolist(),
-      zeroPoint=[0] * len(scales), quantizedDimension=axis)
+  tensor.quantization = _Symmetric(scales, axis)
 
 
 def _new_tensor(graph, name, shape, dtype=schema.TensorType.FLOAT32):
@@ -408,16 +406,51 @@ def store_codes_full_integer(data, layers):
                   and _width(codes, (4,))) else 8
     model.buffers[t.buffer].data = _pack(codes, width)
     t.type = _TYPE[width]
-    t.quantization.scale = scales.astype(np.float32).tolist()
-    t.quantization.zeroPoint = [0] * channels
-    t.quantization.quantizedDimension = axis
+    t.quantization = _Symmetric(scales, axis)
     for position, op in users.get(i, []):
       if position == 1 and len(op.inputs) > 2 and op.inputs[2] >= 0:
         _requantize_bias(model, graph, op, old, scales)
     t.name = f"{layer.name}/codes".encode()
     stored.append(StoredLayer(layer.name, f"int{width}", "integer"))
   _strip_names(model)
-  return flatbuffer_utils.convert_object_to_bytearray(model), stored, clamped
+  return _to_bytes(model), stored, clamped
+
+
+class _Symmetric(schema.QuantizationParametersT):
+  """Per-channel scales with zero points 0. LiteRT wants one zero point per
+  scale, as int64: 8 bytes a channel, more than the scale. All are 0, so
+  the file holds one such vector per length, which every tensor's table
+  points at (FlatBuffers allows shared vectors); see `_to_bytes`."""
+
+  def __init__(self, scales, axis):
+    super().__init__(scale=np.asarray(scales, np.float32).reshape(-1),
+                     zeroPoint=np.zeros(np.size(scales), np.int64),
+                     quantizedDimension=int(axis))
+
+  def Pack(self, builder):  # noqa: N802 (the FlatBuffers object API's name)
+    zeros = _ZEROS.setdefault(id(builder), {})
+    n = self.scale.size
+    if n not in zeros:
+      zeros[n] = builder.CreateNumpyVector(self.zeroPoint)
+    scale = builder.CreateNumpyVector(self.scale)
+    schema.QuantizationParametersStart(builder)
+    schema.QuantizationParametersAddScale(builder, scale)
+    schema.QuantizationParametersAddZeroPoint(builder, zeros[n])
+    schema.QuantizationParametersAddQuantizedDimension(
+        builder, self.quantizedDimension)
+    return schema.QuantizationParametersEnd(builder)
+
+
+_ZEROS = {}  # id(builder) -> {length: offset of a vector of zeros}
+
+
+def _to_bytes(model):
+  """The flatbuffer of the object-API `model` (`flatbuffer_utils`' writer,
+  with `_Symmetric`'s shared zero points)."""
+  try:
+    return flatbuffer_utils.convert_object_to_bytearray(model)
+  finally:
+    _ZEROS.clear()
 
 
 def _strip_names(model):
@@ -442,8 +475,7 @@ def _requantize_bias(model, graph, op, old, new):
   input_scale = graph.tensors[op.inputs[0]].quantization.scale[0]
   values = np.rint(values * old / new)
   data.data = values.astype(np.int32).view(np.uint8)
-  bias.quantization.scale = (input_scale * new).astype(np.float32).tolist()
-  bias.quantization.zeroPoint = [0] * new.size
+  bias.quantization = _Symmetric(input_scale * new, 0)
 
 
 def run_litert(path, x):
