@@ -64,3 +64,37 @@ def test_per_layer_compressor_from_the_command_line_and_quiet_output(tmp_path):
   assert "Test accuracy" in done.stdout
   for noise in ("cuInit", "oneDNN", "cuda drivers", "absl::InitializeLog"):
     assert noise not in done.stderr, done.stderr[-2000:]
+
+
+def test_export_tool_calibrates_full_integer_on_the_workdirs_data(tmp_path):
+  workdir = tmp_path / "run"
+  done = run(CONFIG, f"--workdir={workdir}", "--config.epochs=2")
+  assert done.returncode == 0, done.stderr[-3000:]
+  export = [sys.executable, os.path.join(REPO, "tools", "export.py")]
+  environ = {k: v for k, v in os.environ.items()
+             if k != "TF_CPP_MIN_LOG_LEVEL"}
+  out = tmp_path / "m.tflite"
+  done = subprocess.run(
+      export + [f"--workdir={workdir}", f"--output={out}", "--format=tflite",
+                "--litert_compute=integer"],
+      capture_output=True, text=True, timeout=300, env=environ)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "full integer" in done.stdout and "integer kernel" in done.stdout
+  # The file's test accuracy next to the trained model's, on the
+  # workdir's own test set.
+  line = next(l for l in done.stdout.splitlines()
+              if l.startswith("Test accuracy: this file"))
+  file_acc, model_acc = [float(w.rstrip("%,")) for w in line.split()
+                         if w.endswith("%") or w.endswith("%,")]
+  results = json.load(open(workdir / "results.json"))
+  assert abs(model_acc - 100 * results["test_accuracy"]) < 0.01, (line, results)
+  assert abs(file_acc - model_acc) < 5, line
+  for noise in ("fully_quantize", "XNNPACK", "cuInit"):
+    assert noise not in done.stdout + done.stderr, noise
+  # With a .keras file instead, the data must be given.
+  done = subprocess.run(
+      export + [f"--model={workdir}/model.keras", f"--output={out}",
+                "--format=tflite", "--litert_compute=integer", "--overwrite"],
+      capture_output=True, text=True, timeout=300, env=environ)
+  assert done.returncode == 1 and "--representative_data" in done.stderr
+  assert "Traceback" not in done.stderr
