@@ -212,7 +212,7 @@ def test_integer_kernels_and_full_integer_agree_on_argmax(build, low, high,
     assert report.compute == compute
     served = litert.run_litert(path, x)
     agree = (served.argmax(1) == expected.argmax(1)).mean()
-    assert agree >= 0.9, (compute, agree)
+    assert agree >= 0.95, (compute, agree)  # seen: 0.977 to 1.0
     if compute == "integer":
       details = flatbuffer_utils.read_model(path).subgraphs[0]
       assert details.tensors[details.inputs[0]].type == schema.TensorType.INT8
