@@ -38,6 +38,7 @@ import dataclasses
 import os
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf  # the LiteRT converter
 # The flatbuffer schema's object API (read, edit, write a .tflite file): part
@@ -536,7 +537,7 @@ def export(model, path, size, weights="codes", compute="float",
   """Writes `path` (a .tflite file) atomically; returns its `ExportReport`.
   The arguments are `selfcompress.export`'s, checked there."""
   small = shedding.shed(model)
-  twin = exporting.float_model(small)
+  twin = _in_float32(exporting.float_model(small))
   stored, clamped = [], 0
   if compute == "integer":
     data = _convert_litert(twin, "integer", representative_data)
@@ -546,7 +547,7 @@ def export(model, path, size, weights="codes", compute="float",
     data, stored, clamped = store_codes(data, layer_codes(small), compute)
   else:
     data = _convert_litert(twin, weights)
-  dense = _convert_litert(exporting.float_model(model), "float32")
+  dense = _convert_litert(_in_float32(exporting.float_model(model)), "float32")
   report = exporting.ExportReport(
       path=path, format="tflite", total_bytes=len(data),
       weight_bytes=_litert_buffer_bytes(data),
@@ -563,6 +564,25 @@ def export(model, path, size, weights="codes", compute="float",
       f.write(data)
   checkpoint.atomic_write(path, write)
   return report
+
+
+def _in_float32(model):
+  """`model` computing in float32: LiteRT's float kernels are float32 (a
+  mixed-precision model's float16 ops have none), so a mixed-precision
+  model is exported as its float32 twin, which differs from it by the
+  float16 rounding of its activations."""
+  if all(l.dtype_policy.compute_dtype == "float32"
+         for l in model._flatten_layers(include_self=False)):
+    return model
+
+  def float32(layer):
+    config = layer.get_config()
+    if "dtype" in config:
+      config["dtype"] = "float32"
+    return layer.__class__.from_config(config)
+  twin = keras.models.clone_model(model, clone_function=float32)
+  twin.set_weights(model.get_weights())
+  return twin
 
 
 def _samples(data, count=256):

@@ -248,3 +248,25 @@ def test_litert_arguments_are_checked(tmp_path):
   with pytest.raises(ValueError, match="format='tflite' only"):
     sc.export(model, tmp_path / "m", litert_compute="dynamic")
   assert not os.listdir(tmp_path)
+
+
+def test_mixed_precision_model_exports_computing_in_float32(tmp_path):
+  rng = np.random.default_rng(4)
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    model = sc.compress(keras.Sequential([
+        keras.Input((8, 8, 3)), L.Conv2D(8, 3), L.BatchNormalization(),
+        L.ReLU(), L.Flatten(), L.Dense(10),
+        L.Activation("linear", dtype="float32")]))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  _grid(model, rng, low=3.0)
+  x, expected = _inputs(model, rng)
+  path = str(tmp_path / "m.tflite")
+  report = sc.export(model, path, format="tflite")
+  assert len(report.layers) == 2, report
+  assert all(r.storage.startswith("int") for r in report.layers), report
+  served = litert.run_litert(path, x)
+  # LiteRT computes in float32; the model's activations were float16.
+  np.testing.assert_allclose(served, expected,
+                             atol=4e-3 * np.abs(expected).max(), rtol=0)
