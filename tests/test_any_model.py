@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import selfcompress as sc
+from capabilities import CHANNELS_FIRST
 
 L = keras.layers
 
@@ -112,7 +113,8 @@ def conv1d_3d():
   return keras.Model(inp, L.Dense(3)(L.Flatten()(x)))
 
 
-MODELS = [op_nodes, nested, nested_conv_backbone, channels_first, bilstm,
+MODELS = [op_nodes, nested, nested_conv_backbone,
+          pytest.param(channels_first, marks=CHANNELS_FIRST), bilstm,
           gru_text, attention, custom_layer, separable_and_transposed,
           conv1d_3d]
 

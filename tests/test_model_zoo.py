@@ -27,6 +27,7 @@ import pytest
 import tensorflow as tf
 
 import selfcompress as sc
+from capabilities import CHANNELS_FIRST
 
 L = keras.layers
 A = keras.applications
@@ -250,7 +251,7 @@ ZOO = [
     pytest.param(nested_sequential, "bits"),
     pytest.param(transformer, "bits"),
     pytest.param(bidirectional_lstm, "bits"),
-    pytest.param(channels_first, "bits"),
+    pytest.param(channels_first, "bits", marks=CHANNELS_FIRST),
     pytest.param(custom_layer, "bits"),
     pytest.param(mobilenet_v2_backbone, "bits"),
     pytest.param(small_resnet, "bits", marks=slow),
