@@ -8,6 +8,7 @@ its `serving_default` signature to use. Serving needs TensorFlow only.
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ import numpy as np
 import tensorflow as tf  # the SavedModel format
 from keras import ops
 
-from selfcompress import accounting, packing, shedding, surgery
+from selfcompress import accounting, kinds, packing, shedding, surgery
 from selfcompress.layers import CompressedLayer
 from selfcompress.layers.base import keras_parent
 
@@ -123,173 +124,290 @@ def _ratio(a, b):
   return f"{a / b:.2f}x" if b else "-"
 
 
-class _Serving:
-  """Mixin of the serving twins: the layer's op with `serving_kernel()`,
-  plus its own bias and activation. Weights come from the twin's setter."""
+# -- SavedModel ---------------------------------------------------------------
+#
+# A SavedModel's size has a fixed part that grows with what it holds, not
+# with the bytes: each variable costs a save and a restore op, graph nodes,
+# a checkpoint key and object-graph entries (~1.7 KB), each subgraph its
+# nodes (~100 B each), each resource two functions. So the export stores
+# two variables whatever the model (`_Compact`): `packed` (uint8), each
+# packed kernel channel's bit depth, then every packed kernel's codes in one
+# bit stream (`selfcompress.packing`); and `floats`, the code channels'
+# scales, then every other weight. One subgraph decodes them into one
+# resource at load (`_DecodedWeights`), which the serving function reads.
+
+# A channel's "bit depth" when its weights are stored as float32: a
+# compressor without codes, or one deeper than `packing.MAX_BITS`.
+_FLOAT_BITS = 32
+
+
+class _FoldedNorm(keras.layers.Layer):
+  """A BatchNormalization at inference, as the scale and shift it applies.
+
+  On TensorFlow, Keras computes it as `x * inv + (beta - mean * inv)` with
+  `inv = rsqrt(variance + epsilon) * gamma` (`tf.nn.batch_normalization`).
+  `fold()` computes both vectors once, with the same float32 ops, so the
+  outputs are the layer's, from the two floats per channel that the
+  accounting counts instead of the layer's four.
+  """
+
+  def __init__(self, axis, **kwargs):
+    super().__init__(**kwargs)
+    self.axis = axis
 
   def build(self, input_shape):
-    self.built = True
+    shape = (input_shape[self.axis],)
+    self.scale = self.add_weight(name="scale", shape=shape, trainable=False,
+                                 initializer="ones")
+    self.shift = self.add_weight(name="shift", shape=shape, trainable=False,
+                                 initializer="zeros")
 
-  def serving_kernel(self):
-    decoded = getattr(self, "_decoded", None)
-    # In a SavedModel the kernel is rebuilt once, at load (`_DecodedKernel`).
-    return self.stored_kernel() if decoded is None else decoded.read()
+  def call(self, inputs, training=None, mask=None):
+    # Like BatchNormalization at inference (which ignores the mask): float32
+    # at least, then the compute dtype.
+    x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+    scale = ops.cast(self.scale, x.dtype)
+    shift = ops.cast(self.shift, x.dtype)
+    if self.axis not in (-1, len(x.shape) - 1):  # else they broadcast
+      shape = [1] * len(x.shape)
+      shape[self.axis] = -1
+      scale, shift = ops.reshape(scale, shape), ops.reshape(shift, shape)
+    return ops.cast(x * scale + shift, self.compute_dtype)
 
-  def call(self, inputs, training=None):
-    kernel = ops.cast(self.serving_kernel(), self.compute_dtype)
-    outputs = self.kind.linear(self, inputs, kernel)
-    if self._bias is not None:
-      outputs = self.kind.add_bias(
-          self, outputs, ops.cast(self._bias, self.compute_dtype))
-    if getattr(self, "activation", None) is not None:
-      outputs = self.activation(outputs)
-    return ops.cast(outputs, self.compute_dtype)
-
-
-class _Packed(_Serving):
-  """Mixin: a compressed layer whose kernel is decoded from packed codes."""
-
-  def set_packed(self, packed, scale, bias):
-    self._packed_shape = packed.shape
-    self._per_channel = int(np.prod(packed.shape[:-1]))
-    order = np.full(packed.shape[-1], sum(len(c) for c, _ in packed.groups.values()))
-    self._groups, row = [], 0
-    for b, (channels, data) in sorted(packed.groups.items()):
-      var = self.add_weight(name=f"codes_{b}bit", shape=data.shape,
-                            dtype="uint8", trainable=False,
-                            initializer=keras.initializers.Constant(0))
-      var.assign(data)
-      self._groups.append((b, len(channels), var))
-      order[channels] = np.arange(row, row + len(channels))
-      row += len(channels)
-    self._order = _constant(self, "channel_order", order.astype("int32"), "int32")
-    self._scale = _constant(self, "scale", scale.astype("float32"), "float32")
-    self._bias = None if bias is None else _constant(self, "bias_packed", bias, "float32")
-
-  def stored_kernel(self):
-    per, rows = self._per_channel, []
-    for b, n, data in self._groups:
-      byte = ops.cast(ops.convert_to_tensor(data), "int32")
-      bits = ops.bitwise_and(ops.right_shift(
-          ops.expand_dims(byte, 1), ops.arange(7, -1, -1, dtype="int32")), 1)
-      bits = ops.reshape(ops.reshape(bits, (-1,))[:n * per * b], (n * per, b))
-      weights = ops.convert_to_tensor(2 ** np.arange(b - 1, -1, -1), "int32")
-      values = ops.sum(bits * weights, axis=1)
-      values = ops.where(values >= 2 ** (b - 1), values - 2 ** b, values)
-      rows.append(ops.reshape(values, (n, per)))
-    rows.append(ops.zeros((1, per), "int32"))  # dead channels
-    table = ops.take(ops.concatenate(rows, axis=0), self._order, axis=0)
-    kernel_t = ops.cast(table, "float32") * ops.expand_dims(self._scale, 1)
-    return _unflatten(self, ops.transpose(kernel_t))
-
-
-def _flatten(source, layer, kernel):
-  """`kernel` (numpy) of the compressed layer `source` as `(weights per
-  channel, channels)`; its serving twin `layer` learns how to undo it. The
-  channel axes (where the kind's per-channel shape is not 1) go last."""
-  param_shape = source.kind.param_shape(source)
-  channel_axes = [i for i, d in enumerate(param_shape) if d != 1]
-  perm = [i for i in range(kernel.ndim) if i not in channel_axes] + channel_axes
-  moved = np.transpose(kernel, perm)
-  layer._kernel_shape = kernel.shape
-  layer._moved_shape = moved.shape
-  layer._inverse = None if perm == sorted(perm) else list(np.argsort(perm))
-  return moved.reshape(-1, source.compressor.num_channels)
-
-
-def _unflatten(layer, flat):
-  """The kernel from its `(weights per channel, channels)` layout."""
-  kernel = ops.reshape(flat, layer._moved_shape)
-  if layer._inverse is not None:
-    kernel = ops.transpose(kernel, layer._inverse)
-  return kernel
-
-
-def _packed_class(layer):
-  cls = type(layer)
-  return type("Packed" + cls.__name__, (_Packed, cls), {})
-
-
-def _pack_layer(layer):
-  """A serving twin of a compressed layer, holding packed codes (or, for a
-  compressor without codes, its alive channels in float32)."""
-  c = layer.compressor
-  if not c.stores_codes:
-    return _float_layer(layer)
-  q = np.asarray(c.apply(layer.kernel_variable, None)[0])
-  state = c.state()
-  bits = np.asarray(state.storage_bits).astype(int)
-  alive = np.asarray(state.alive) > 0
-  # The scale includes any gate folded into it (0 where a gate is closed).
-  scale = np.asarray(c.scale())
-  config = layer.get_config()
-  new = _packed_class(layer).from_config(config)
-  flat = _flatten(layer, new, q)
-  codes = np.rint(flat / np.where(alive, scale, 1.0)).astype(np.int64)
-  codes[..., ~alive] = 0
-  bits[~alive] = 0
-  packed = packing.pack(codes, bits)
-  bias = None
-  if getattr(layer, "bias", None) is not None:
-    bias = np.asarray(layer.effective_weights()[1])
-  new.set_packed(packed, scale, bias)
-  return new, packed
-
-
-class _Float(_Serving):
-  """Mixin: a compressed layer serving its alive channels' effective kernel
-  (gates folded in) as float32; dead channels are zero columns, not stored."""
-
-  def set_float(self, source, kernel, alive, bias):
-    columns = np.ascontiguousarray(_flatten(source, self, kernel)[:, alive])
-    order = np.full(alive.size, columns.shape[1], "int32")
-    order[alive] = np.arange(columns.shape[1])
-    self._columns = _constant(self, "kernel_alive", columns, "float32")
-    self._order = _constant(self, "channel_order", order, "int32")
-    self._bias = None if bias is None else _constant(self, "bias_float", bias,
-                                                     "float32")
-    return _FloatWeights(alive, columns)
-
-  def stored_kernel(self):
-    columns = ops.convert_to_tensor(self._columns)
-    table = ops.concatenate(
-        [columns, ops.zeros((columns.shape[0], 1), "float32")], axis=1)
-    return _unflatten(self, ops.take(table, self._order, axis=1))
+  def fold(self, norm):
+    """Takes the scale and shift of the BatchNormalization `norm`."""
+    mean = ops.convert_to_tensor(norm.moving_mean)
+    inv = ops.rsqrt(ops.convert_to_tensor(norm.moving_variance) + norm.epsilon)
+    if norm.gamma is not None:
+      inv = inv * ops.convert_to_tensor(norm.gamma)
+    shift = -mean * inv
+    if norm.beta is not None:
+      shift = ops.convert_to_tensor(norm.beta) - mean * inv
+    self.scale.assign(inv)
+    self.shift.assign(shift)
 
 
 @dataclasses.dataclass(frozen=True)
-class _FloatWeights:
-  """A float32-stored kernel's alive columns, reported like `packing.Packed`."""
-  alive: np.ndarray
-  columns: np.ndarray
+class _Kernel:
+  """A compressed layer's kernel as the SavedModel stores it."""
+  codes: np.ndarray     # int64, the kernel's shape: 0 where not a code
+  widths: np.ndarray    # the codes' bit depths, the kernel's shape
+  bits: np.ndarray      # per channel: 0 dead, 1 to MAX_BITS, or _FLOAT_BITS
+  scales: np.ndarray    # float32, one per code channel (1 to MAX_BITS bits)
+  floats: np.ndarray    # float32, the float32-stored channels' weights
+  blocks: list          # (inner, dim, stride) per run of channel axes
+
+
+def _packed_kernel(layer, q):
+  """The `_Kernel` of the compressed `layer`, whose effective kernel is `q`.
+
+  Codes stay in the kernel's own element order, so the decoded stream is
+  the kernel with no transpose or gather: each element's channel (hence its
+  bit depth and scale) follows from its position
+  (`_Compact.channel_of_elements`).
+  """
+  c = layer.compressor
+  state = c.state()
+  alive = np.asarray(state.alive).reshape(-1) > 0
+  param_shape = layer.kind.param_shape(layer)
+  channel = np.broadcast_to(
+      np.arange(alive.size).reshape(param_shape), q.shape)
+  if c.stores_codes:
+    bits = np.asarray(state.storage_bits).reshape(-1).astype(np.int64)
+    bits = np.where(bits > packing.MAX_BITS, _FLOAT_BITS, bits)
+    scale = np.asarray(c.scale(), np.float32).reshape(-1)
+  else:
+    bits = np.full(alive.size, _FLOAT_BITS)
+    scale = np.ones(alive.size, np.float32)
+  bits = np.where(alive, bits, 0)
+  is_code = (bits > 0) & (bits <= packing.MAX_BITS)
+  # The scale includes any gate folded into it (0 where a gate is closed).
+  codes = np.rint(q / np.where(is_code, scale, 1.0)[channel])
+  codes = np.where(is_code[channel], codes, 0).astype(np.int64)
+  widths = np.where(is_code, bits, 0)[channel]
+  return _Kernel(codes, widths, bits, scale[is_code],
+                 q[(bits == _FLOAT_BITS)[channel]].astype(np.float32),
+                 _blocks(q.shape, param_shape))
+
+
+def _blocks(shape, param_shape):
+  """How an element's channel follows from its position `i` in a kernel of
+  `shape` whose per-channel vectors broadcast as `param_shape`: the sum of
+  `(i // inner) % dim * stride` over each run of consecutive channel axes
+  (one run for all the kinds but some EinsumDense equations)."""
+  runs = []
+  for axis in (a for a, d in enumerate(param_shape) if d != 1):
+    if runs and runs[-1][1] == axis:
+      runs[-1][1] = axis + 1
+    else:
+      runs.append([axis, axis + 1])
+  blocks, stride = [], 1
+  for start, end in reversed(runs):
+    dim = math.prod(shape[start:end])
+    blocks.insert(0, (math.prod(shape[end:]), dim, stride))
+    stride *= dim
+  return blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compact:
+  """The shed model's serving form: a plain Keras model (each compressed
+  layer as its Keras parent, each BatchNormalization folded) whose weights
+  the SavedModel reads from the two stored arrays, never from its own
+  variables (which hold the same values, for `model` alone).
+
+  `weights` are its floating-point variables in stored order: the packed
+  kernels, then the others, as `floats` ends. `decode()` gives them all,
+  flat, one after the other; the other variables are `constants`.
+  """
+  model: keras.Model
+  packed: np.ndarray    # uint8: `channels` bit depths, then the codes
+  channels: int         # packed kernel channels, all kernels together
+  floats: np.ndarray    # float32: scales, float32-stored kernel weights, rest
+  scales: int           # how many of `floats` are scales
+  kernel_floats: int    # then how many are float32-stored kernel weights
+  layout: np.ndarray    # int64, a row per packed kernel: size, then blocks
+  weights: list
+  constants: list       # (variable, value): the other variables
 
   @property
-  def nbytes(self):
-    return self.columns.nbytes
+  def kernel_bytes(self):
+    """The packed kernels as stored: their codes, then their float32
+    weights (`ExportReport.packed_weight_bytes` counts these)."""
+    start = self.scales
+    return np.concatenate([self.packed[self.channels:], self.floats[
+        start:start + self.kernel_floats].view(np.uint8)])
 
-  @property
-  def groups(self):
-    return {32: (np.flatnonzero(self.alive), self.columns.view(np.uint8))}
+  def channel_of_elements(self, gather):
+    """Each packed kernel element's channel, numbered over all the packed
+    kernels: vectorised over the elements, from a few numbers per kernel
+    (a scalar where the kernels agree, as `inner` and `stride` mostly do)."""
+    sizes = self.layout[:, 0]
+    ends = np.cumsum(sizes)
+    index = tf.int64 if ends[-1] >= 2 ** 31 else tf.int32
+    position = tf.range(ends[-1], dtype=index)
+    if len(sizes) > 1:  # each element's kernel, by a search on one row
+      kernel = tf.reshape(tf.raw_ops.UpperBound(
+          sorted_inputs=tf.constant(ends[None], index),
+          values=tf.reshape(position, [1, -1]), out_type=index), [-1])
+
+    def per_kernel(values):
+      if (values == values[0]).all():
+        return tf.constant(values[0], index)
+      return gather(tf.constant(values, index), kernel)
+
+    channels = np.prod(self.layout[:, 2::3], axis=1)
+    channel = per_kernel(np.cumsum(channels) - channels)
+    position -= per_kernel(ends - sizes)
+    for b in range(1, self.layout.shape[1], 3):
+      inner, dim, stride = (self.layout[:, b + i] for i in range(3))
+      if (dim == 1).all():
+        continue
+      term = position if (inner == 1).all() else position // per_kernel(inner)
+      term %= per_kernel(dim)
+      channel += term if (stride == 1).all() else term * per_kernel(stride)
+    return channel
+
+  def decode(self, packed, floats):
+    """Every weight in `weights`, flat, one after the other: runs once, when
+    the SavedModel loads, on the stored arrays.
+
+    TensorFlow ops, unlike the rest of the export: this graph is stored in
+    the SavedModel, and Keras' `take` adds a dozen nodes to each gather (for
+    negative indices, which these never are).
+    """
+    axis = tf.constant(0)
+
+    def gather(params, indices):
+      return tf.gather(params, indices, axis=axis)
+
+    scales, kernel_floats, rest = tf.split(
+        floats, [self.scales, self.kernel_floats, -1])
+    if not len(self.layout):
+      return rest
+    bits, codes = tf.split(packed, [self.channels, -1])
+    channel = self.channel_of_elements(gather)
+    bits = tf.cast(bits, tf.int32)
+    width = gather(bits, channel)
+    is_code = tf.cast(bits, tf.bool)
+    if (self.packed[:self.channels] == _FLOAT_BITS).any():
+      stored_float = tf.equal(width, _FLOAT_BITS)
+      width = tf.where(stored_float, 0, width)
+      is_code = tf.logical_and(is_code, bits <= packing.MAX_BITS)
+    values = tf.cast(packing.unpack(codes, width, gather), tf.float32)
+    # Each channel's scale: the next stored one if it has codes, else 0.
+    rank = tf.cumsum(tf.cast(is_code, tf.int32), exclusive=True)
+    scale = gather(tf.concat([scales, [0.0]], 0),
+                   tf.where(is_code, rank, self.scales))
+    values *= gather(scale, channel)
+    if self.kernel_floats:
+      rank = tf.cumsum(tf.cast(stored_float, tf.int32), exclusive=True)
+      values = tf.where(stored_float, gather(
+          kernel_floats, tf.minimum(rank, self.kernel_floats - 1)), values)
+    return tf.concat([values, rest], 0)
 
 
-def _constant(layer, name, value, dtype):
-  var = layer.add_weight(name=name, shape=value.shape, dtype=dtype,
-                         trainable=False,
-                         initializer=keras.initializers.Constant(0))
-  var.assign(value)
-  return var
+def _compact(small):
+  """The `_Compact` serving form of the shed model `small`.
 
+  Each compressed layer becomes its plain Keras parent, so that the served
+  graph holds the layer's op, not its quantizer; BatchNormalizations are
+  folded (`_FoldedNorm`); the other layers are copied as they are. Weights
+  stored as float32 are exact for float32, float16 and bfloat16 variables;
+  any other variable (an integer count, a float64 one) becomes a constant
+  of the graph, with its exact value.
+  """
+  def twin(layer):
+    if isinstance(layer, CompressedLayer):
+      return _float_twin(layer)
+    if isinstance(layer, keras.layers.BatchNormalization):
+      return _FoldedNorm(layer.axis, name=layer.name, dtype=layer.dtype_policy)
+    return surgery.same_layer(layer)
 
-def _float_layer(layer):
-  """The serving twin of a layer whose compressor stores no codes."""
-  kernel, bias = layer.effective_weights()
-  alive = np.asarray(layer.compressor.state().alive) > 0
-  cls = type(layer)
-  new = type("Float" + cls.__name__, (_Float, cls), {}).from_config(
-      layer.get_config())
-  weights = new.set_float(layer, np.asarray(kernel), alive,
-                          None if bias is None else np.asarray(bias))
-  return new, weights
+  model, made = surgery.rebuild(small, twin)
+  kernels = {}
+  for old, new in made:
+    if isinstance(old, CompressedLayer):
+      q, b = (None if w is None else np.asarray(w)
+              for w in old.effective_weights())
+      new.set_weights([q] + ([] if b is None else [b]))
+      kernels[id(kinds.of(new).kernel(new))] = _packed_kernel(old, q)
+    elif isinstance(new, _FoldedNorm):
+      new.fold(old)
+    elif new is not old:
+      for var, source in surgery.weight_pairs(old, new):
+        var.assign(source)
+  variables = list({id(v): v for v in model.variables}.values())
+  packed = [v for v in variables if id(v) in kernels]
+  rest = [v for v in variables if id(v) not in kernels]
+  floating = [v for v in rest
+              if str(v.dtype) in ("float32", "float16", "bfloat16")]
+  parts = [kernels[id(v)] for v in packed]
+  blocks = max((len(p.blocks) for p in parts), default=0)
+
+  def row(part):  # its size, then its blocks (padded with ones that add 0)
+    padded = part.blocks + [(1, 1, 0)] * (blocks - len(part.blocks))
+    return [part.codes.size] + [x for block in padded for x in block]
+
+  def joined(arrays, dtype):
+    return np.concatenate([np.zeros(0, dtype)] + [
+        np.asarray(a).astype(dtype).reshape(-1) for a in arrays])
+
+  scales = joined([p.scales for p in parts], np.float32)
+  kernel_floats = joined([p.floats for p in parts], np.float32)
+  bits = joined([p.bits for p in parts], np.uint8)
+  codes = packing.pack(joined([p.codes for p in parts], np.int64),
+                       joined([p.widths for p in parts], np.int64))
+  return _Compact(
+      model=model, packed=np.concatenate([bits, codes]), channels=bits.size,
+      floats=np.concatenate([scales, kernel_floats,
+                             joined(floating, np.float32)]),
+      scales=scales.size, kernel_floats=kernel_floats.size,
+      layout=np.array([row(p) for p in parts], np.int64).reshape(
+          len(parts), 1 + 3 * blocks),
+      weights=packed + floating,
+      constants=[(v, np.asarray(v)) for v in rest
+                 if all(v is not f for f in floating)])
 
 
 def _float_twin(layer):
@@ -316,21 +434,11 @@ def float_model(model):
 
 
 def serving_models(model):
-  """(compact, dense float32, packs): the packed serving twin of the shed
-  model, the float32 twin of the unshed network, and the packed codes."""
-  small = shedding.shed(model)
-  packs = []
-
-  def compact(layer):
-    if isinstance(layer, CompressedLayer):
-      new, packed = _pack_layer(layer)
-      packs.append(packed)
-      return new
-    return surgery.same_layer(layer)
-
-  compact_model, made = surgery.rebuild(small, compact)
-  _copy_weights(made)
-  return compact_model, float_model(model), packs
+  """(compact, dense float32, packed): the serving form of the shed model
+  (a `_Compact`), the float32 twin of the unshed network, and the packed
+  kernels' bytes (their codes, then any float32-stored weights)."""
+  compact = _compact(shedding.shed(model))
+  return compact, float_model(model), compact.kernel_bytes
 
 
 def _copy_weights(made):
@@ -418,7 +526,7 @@ def export(model, path, format="saved_model", overwrite=False,
   if format == "keras":
     from selfcompress import keras_export
     return keras_export.export(model, path, size)
-  compact, dense, packs = serving_models(model)
+  compact, dense, packed = serving_models(model)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   # Hidden, next to `path` (one rename moves its "model" folder in: made by
@@ -430,7 +538,6 @@ def export(model, path, format="saved_model", overwrite=False,
     _write_saved_model(compact, final)
     dense_dir = os.path.join(tmp, "dense")
     _write_saved_model(dense, dense_dir)
-    stream = b"".join(d.tobytes() for p in packs for _, d in p.groups.values())
     report = ExportReport(
         path=path, format="saved_model", total_bytes=0,
         weight_bytes=_folder_bytes(os.path.join(final, "variables")),
@@ -438,8 +545,8 @@ def export(model, path, format="saved_model", overwrite=False,
         float32_accounting_bytes=size.float_bits / 8,
         dense_float32_bytes=_folder_bytes(dense_dir),
         dense_weight_bytes=_folder_bytes(os.path.join(dense_dir, "variables")),
-        packed_weight_bytes=sum(p.nbytes for p in packs),
-        zlib_weight_bytes=len(zlib.compress(stream, 9)))
+        packed_weight_bytes=packed.size,
+        zlib_weight_bytes=len(zlib.compress(packed.tobytes(), 9)))
     for _ in range(10):  # the report counts itself: until its size settles
       with open(os.path.join(final, REPORT), "w") as f:
         json.dump(report.as_dict(), f, indent=2)
@@ -463,70 +570,110 @@ def export(model, path, format="saved_model", overwrite=False,
   return report
 
 
-class _DecodedKernel(tf.saved_model.experimental.TrackableResource):
-  """A serving layer's float32 kernel, rebuilt once when the SavedModel loads
-  (decoded from the packed codes, or the alive float32 columns put in place).
+class _DecodedWeights(tf.saved_model.experimental.TrackableResource):
+  """Every float weight the serving graph reads, decoded once when the
+  SavedModel loads: a TensorList, one tensor per weight, in one resource.
 
-  A resource, not a variable, so its value is not saved: the SavedModel holds
-  only the packed codes, and the loader (`tf.saved_model.load`, or a
+  A resource, not a variable, so its value is not saved: the SavedModel
+  holds the packed arrays only, and the loader (`tf.saved_model.load`, or a
   session's init op for `saved_model_cli run` and TF Serving) runs
-  `_initialize` after restoring them. The serving signature then reads the
-  kernel, so a batch-1 call costs what the dense model's does. The resource
-  name is unique per export, as a session needs one name to find it by.
+  `_initialize` after restoring them. The serving function then takes each
+  weight from the list, which shares its buffer: a batch-1 call costs what
+  the dense model's does (slices of one flat tensor would be copied on every
+  call unless 64-byte aligned, and kernels' sizes are not). One resource
+  however many layers: each costs two functions and their signatures in
+  `saved_model.pb`. The resource name is unique per export, as a session
+  needs one name to find it by.
   """
 
-  def __init__(self, layer):
-    self._layer = layer
-    self._name = f"selfcompress_{uuid.uuid4().hex}_{layer.name}"
+  def __init__(self, decode, sizes):
+    self._decode = decode
+    self._sizes = list(sizes)
+    self._name = f"selfcompress_{uuid.uuid4().hex}"
     super().__init__()
     self._initialize()
 
   def _create_resource(self):
-    return tf.raw_ops.VarHandleOp(
-        dtype=tf.float32, shape=self._layer._kernel_shape,
-        shared_name=self._name)
+    return tf.raw_ops.VarHandleOp(dtype=tf.variant, shape=[],
+                                  shared_name=self._name)
 
   def _initialize(self):
-    return tf.raw_ops.AssignVariableOp(
-        resource=self.resource_handle, value=self._layer.stored_kernel())
+    weights = tf.raw_ops.TensorListSplit(
+        tensor=self._decode(), element_shape=tf.constant([-1], tf.int64),
+        lengths=tf.constant(self._sizes, tf.int64))
+    return tf.raw_ops.AssignVariableOp(resource=self.resource_handle,
+                                       value=weights)
 
-  def read(self):
-    value = tf.raw_ops.ReadVariableOp(resource=self.resource_handle,
-                                      dtype=tf.float32)
-    value.set_shape(self._layer._kernel_shape)
-    return value
+  def read(self, shapes):
+    """The weights, in their `shapes` (no copy)."""
+    weights = tf.raw_ops.ReadVariableOp(resource=self.resource_handle,
+                                        dtype=tf.variant)
+    flat = tf.constant([-1])
+
+    def item(i, shape):  # a vector in one node, else read flat and shaped
+      weight = tf.raw_ops.TensorListGetItem(
+          input_handle=weights, index=i,
+          element_shape=shape if len(shape) == 1 else flat,
+          element_dtype=tf.float32)
+      return weight if len(shape) == 1 else tf.reshape(weight, shape)
+
+    return [item(i, shape) for i, shape in enumerate(shapes)]
 
 
 def _write_saved_model(model, path):
-  """A SavedModel with one `serving_default` signature. A plain tf.Module
-  holding each variable once: Keras' ExportArchive tracks two lists of the
-  same variables and the checkpoint stores both."""
-  spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n)
-          for t, n in zip(model.inputs, _input_names(model))]
-  twins = [l for l in model._flatten_layers(include_self=False)
-            if isinstance(l, _Serving)]
+  """A SavedModel with one `serving_default` signature, of a `_Compact` or
+  of a plain Keras model (the dense reference: a tf.Module holding each
+  variable once, as Keras' ExportArchive tracks two lists of the same
+  variables and the checkpoint stores both).
 
-  def serve(*inputs):
-    outputs = model(list(inputs) if len(inputs) > 1 else inputs[0],
-                    training=False)
+  Neither is compiled with XLA (`jit_compile`). XLA cannot read the
+  compact export's weights (a TensorList in a resource), so they would
+  reach it as the arguments of a second function (~1.5 KB, and ~90 B a
+  weight); and on CPU it was slower: at batch 1, LeNet-5 0.55 vs 0.51 ms,
+  MobileNetV2 (alpha 0.35, 32x32) 3.3 vs 0.88 ms, as its depthwise
+  convolutions are slow under XLA. Grappler fuses each layer's op with its
+  bias and activation instead.
+  """
+  keras_model = model.model if isinstance(model, _Compact) else model
+  spec = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=n)
+          for t, n in zip(keras_model.inputs, _input_names(keras_model))]
+
+  def outputs_of(inputs):
+    outputs = keras_model(list(inputs) if len(inputs) > 1 else inputs[0],
+                          training=False)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     return {f"output_{i}" if len(outputs) > 1 else "output": o
             for i, o in enumerate(outputs)}
 
   module = tf.Module()
-  module.weights = [v.value for v in model.variables]
-  module.decoded = [_DecodedKernel(l) for l in twins]
-  for layer, decoded in zip(twins, module.decoded):
-    layer._decoded = decoded
-  # XLA fuses each layer's op with the bias and activation around it.
-  module.serve = tf.function(serve, input_signature=spec, jit_compile=True,
-                             autograph=False)
-  try:
-    tf.saved_model.save(module, path,
-                        signatures={"serving_default": module.serve})
-  finally:
-    for layer in twins:
-      layer._decoded = None
+  if isinstance(model, _Compact):
+    module.serve = _compact_serving(model, module, spec, outputs_of)
+  else:
+    module.weights = [v.value for v in model.variables]
+    module.serve = tf.function(lambda *inputs: outputs_of(inputs),
+                               input_signature=spec, autograph=False)
+  tf.saved_model.save(module, path,
+                      signatures={"serving_default": module.serve})
+
+
+def _compact_serving(compact, module, spec, outputs_of):
+  """The serving function of `compact`, its arrays stored on `module`."""
+  module.packed = tf.Variable(compact.packed, trainable=False, name="packed")
+  module.floats = tf.Variable(compact.floats, trainable=False, name="floats")
+  module.decoded = _DecodedWeights(
+      lambda: compact.decode(module.packed.value(), module.floats.value()),
+      [math.prod(v.shape) for v in compact.weights])
+
+  def serve(*inputs):
+    # The model reads its variables as the decoded tensors (StatelessScope):
+    # none of them is captured, so none is saved.
+    weights = module.decoded.read([v.shape for v in compact.weights])
+    mapping = [(v, ops.cast(t, v.dtype))
+               for v, t in zip(compact.weights, weights)]
+    with keras.StatelessScope(state_mapping=mapping + compact.constants):
+      return outputs_of(inputs)
+
+  return tf.function(serve, input_signature=spec, autograph=False)
 
 
 def _input_names(model):
