@@ -20,7 +20,8 @@ def _runs_channels_first_convolutions():
     return False
 
 
-CHANNELS_FIRST = pytest.mark.skipif(
-    not _runs_channels_first_convolutions(),
-    reason="TensorFlow here has no CPU kernel for channels_first "
-           "convolutions (oneDNN is off on this CPU)")
+RUNS_CHANNELS_FIRST = _runs_channels_first_convolutions()
+NO_CHANNELS_FIRST = ("TensorFlow here has no CPU kernel for channels_first "
+                     "convolutions (oneDNN is off on this CPU)")
+CHANNELS_FIRST = pytest.mark.skipif(not RUNS_CHANNELS_FIRST,
+                                    reason=NO_CHANNELS_FIRST)

@@ -12,6 +12,8 @@ from keras.src import testing
 from selfcompress import layers
 from selfcompress.layers.base import keras_parent
 
+from capabilities import NO_CHANNELS_FIRST, RUNS_CHANNELS_FIRST
+
 # (layer, its arguments, input shape, output shape)
 KINDS = [
     (layers.Dense, dict(units=4, activation="relu"), (2, 5), (2, 4)),
@@ -58,6 +60,8 @@ class KerasLayerHarnessTest(testing.TestCase):
   @parameterized.named_parameters(*CASES)
   def test_run_layer_test(self, cls, kwargs, input_shape, output_shape,
                           compressor):
+    if kwargs.get("data_format") == "channels_first" and not RUNS_CHANNELS_FIRST:
+      self.skipTest(NO_CHANNELS_FIRST)
     extra_trainable, seeds = COMPRESSORS[compressor]
     use_bias = kwargs.get("use_bias", True) and cls is not layers.Embedding
     if cls is layers.EinsumDense:

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from capabilities import CHANNELS_FIRST
 from layer_contract import check_layer, check_signature
 from selfcompress import compressors, layers
 
@@ -24,8 +25,8 @@ CASES = [
      keras.layers.Conv2DTranspose, (5, 5, 3)),
     (lambda: layers.Conv3DTranspose(3, 2), keras.layers.Conv3DTranspose,
      (3, 3, 3, 2)),
-    (lambda: layers.Conv2D(5, 3, data_format="channels_first"),
-     keras.layers.Conv2D, (3, 7, 7)),
+    pytest.param(lambda: layers.Conv2D(5, 3, data_format="channels_first"),
+                 keras.layers.Conv2D, (3, 7, 7), marks=CHANNELS_FIRST),
     (lambda: layers.EinsumDense("abc,cd->abd", (4, 6), bias_axes="d"),
      keras.layers.EinsumDense, (4, 5)),
 ]
