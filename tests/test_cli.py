@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, os.path.join(REPO, "tools", "train.py")]
 CONFIG = f"--config={REPO}/configs/default.py:smoke"
@@ -66,6 +68,7 @@ def test_per_layer_compressor_from_the_command_line_and_quiet_output(tmp_path):
     assert noise not in done.stderr, done.stderr[-2000:]
 
 
+@pytest.mark.slow  # minutes on 2 cores; -m slow runs it
 def test_export_tool_calibrates_full_integer_on_the_workdirs_data(tmp_path):
   workdir = tmp_path / "run"
   done = run(CONFIG, f"--workdir={workdir}", "--config.epochs=2")

@@ -89,6 +89,7 @@ def test_each_reset_restores_what_it_should(tmp_path, data_dir, reset):
     assert int(model.optimizer.iterations) == 0
 
 
+@pytest.mark.slow  # minutes on 2 cores; -m slow runs it
 def test_reinit_control_takes_masks_from_another_run(tmp_path, data_dir):
   ticket = str(tmp_path / "ticket")
   imp.run(imp_config(data_dir), ticket)
@@ -113,6 +114,7 @@ def test_reinit_control_takes_masks_from_another_run(tmp_path, data_dir):
                                                    rel=0.05)
 
 
+@pytest.mark.slow  # minutes on 2 cores; -m slow runs it
 def test_resume_skips_finished_levels(tmp_path, data_dir, monkeypatch):
   workdir = str(tmp_path / "run")
   first = imp.run(imp_config(data_dir), workdir)

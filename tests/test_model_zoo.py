@@ -244,12 +244,13 @@ def custom_layer():
              kinds=("Conv2D", "Dense"))
 
 
-# Default tier: ~100 s on 2 cores. The MobileNetV2 backbone covers what the
-# plain MobileNetV2 does, nested; the LSTM what the GRU does.
+# Default tier: the MobileNetV2 backbone covers what the plain MobileNetV2
+# does, nested (residual adds included); the LSTM what the GRU does;
+# tests/test_any_model.py's attention model what the transformer does.
 ZOO = [
-    pytest.param(small_resnet, "gates+bits"),
+    pytest.param(small_resnet, "gates+bits", marks=slow),
     pytest.param(nested_sequential, "bits"),
-    pytest.param(transformer, "bits"),
+    pytest.param(transformer, "bits", marks=slow),
     pytest.param(bidirectional_lstm, "bits"),
     pytest.param(channels_first, "bits", marks=CHANNELS_FIRST),
     pytest.param(custom_layer, "bits"),

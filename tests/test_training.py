@@ -124,6 +124,7 @@ def _wait_for_epoch(state, epoch, proc, seconds=120):
   raise AssertionError(f"no checkpoint of epoch {epoch} appeared")
 
 
+@pytest.mark.slow  # minutes on 2 cores; -m slow runs it
 def test_concurrent_runs_and_kill_9(tmp_path):
   """Two processes on one workdir: the second is refused, naming the first,
   which finishes. A run killed with kill -9 leaves no stale lock: the same
@@ -339,6 +340,7 @@ def test_a_locked_workdir_is_refused_and_free_again_after(tmp_path):
   assert results["epochs"] == 1
 
 
+@pytest.mark.slow  # minutes on 2 cores; -m slow runs it
 def test_sweep_runs_each_gamma_and_the_dense_baseline(tmp_path):
   from selfcompress import sweep
   data_dir = fake_mnist(tmp_path / "data", n_train=200, n_test=50)
