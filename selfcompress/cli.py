@@ -196,11 +196,8 @@ def _workdir_data():
   if config is None:
     _fail(f"{FLAGS.workdir} has no config.json, so its data is unknown; pass "
           "--model=FILE.keras (and --representative_data) instead.")
-  return data.load(
-      config["dataset"], FLAGS.data_dir or config["data_dir"],
-      batch_size=config["batch_size"], num_validation=config["num_validation"],
-      seed=config["seed"], verify_checksums=config["verify_checksums"],
-      max_train_examples=config["max_train_examples"] or None)
+  return data.from_config(
+      dict(config, data_dir=FLAGS.data_dir or config["data_dir"]))
 
 
 def _load_npy(path):

@@ -11,15 +11,47 @@ from selfcompress.errors import ConfigError
 # defaults, and `tests/test_training.py` checks every field has one.
 DOCS = {
     "method": "selfcompress | dense (the float32 baseline)",
-    "dataset": "digits (bundled with scikit-learn) | mnist | fashion_mnist",
-    "data_dir": "folder of the dataset's files; None: the Keras cache folder",
+    "dataset": "digits (bundled with scikit-learn) | mnist | fashion_mnist | "
+               "npz:FILE.npz | images:FOLDER (train/ and test/ of class "
+               "folders) | tfrecord:PATTERN_WITH_{split} | tfds:NAME",
+    "data_dir": "folder of the dataset's files (relative npz/images/tfrecord "
+                "paths are read from it; tfds: its data_dir); None: the "
+                "Keras cache folder, or the working directory",
     "download": "fetch missing MNIST/Fashion-MNIST files (needs internet)",
     "verify_checksums": "check the SHA-256 of the canonical dataset files",
-    "num_validation": "training examples held out for validation; None: "
-                      "5,000 for MNIST, 10% for digits",
+    "num_validation": "training examples held out for validation (by "
+                      "seed); None: 5,000 for MNIST, 0 for digits, 10% for "
+                      "file sources",
     "max_train_examples": "train on the first N examples; 0: all",
-    "model": "a built-in model: mlp | lenet300 | lenet5 | cnn",
-    "model_kwargs": "keyword arguments of the model builder",
+    "image_size": "images: (height, width) the images are resized to; (): "
+                  "the first image's size",
+    "color_mode": "images: grayscale | rgb | rgba",
+    "tfrecord.x_feature": "tfrecord: the input feature's name",
+    "tfrecord.x_dtype": "tfrecord: image (PNG/JPEG bytes) | uint8 (raw "
+                        "bytes) | float32 | int64 (lists of values)",
+    "tfrecord.x_shape": "tfrecord: one input's shape, e.g. (28, 28, 1)",
+    "tfrecord.y_feature": "tfrecord: the label's (or targets') feature name",
+    "tfrecord.y_dtype": "tfrecord: int64 (class index) | float32 "
+                        "(regression targets)",
+    "tfrecord.y_shape": "tfrecord: one label's shape; (): a scalar",
+    "num_classes": "classes of a file source; None: the class folders, "
+                   "TFDS's count, or the largest label + 1",
+    "rescale": "inputs are multiplied by this; None: uint8 pixels / 255, "
+               "other inputs as stored",
+    "standardize": "subtract the training inputs' mean and divide by their "
+                   "std (one number each)",
+    "random_crop_padding": "augment training images: pad N pixels, crop "
+                           "back at random; 0: off",
+    "random_flip": "augment training images: random horizontal flips",
+    "model": "a built-in model (mlp | lenet300 | lenet5 | convnet | "
+             "resnet20 | resnet_tiny), package.module:function, "
+             "keras.applications.NAME or FILE.keras",
+    "model_kwargs": "keyword arguments of the model builder (after "
+                    "input_shape, num_classes)",
+    "loss": "sparse_categorical_crossentropy (class labels) | mse | mae | "
+            "huber (regression targets)",
+    "metrics": "Keras metric names; the first is reported (test_<metric> "
+               "in results.json)",
     "seed": "seed of the initialisation, data order and gate noise",
     "epochs": "epochs to train",
     "batch_size": "examples per step",
@@ -77,8 +109,25 @@ def base():
   c.verify_checksums = True
   c.num_validation = config_dict.placeholder(int)
   c.max_train_examples = 0
+  # Data read from files (README, "Your own model and data").
+  c.image_size = ()
+  c.color_mode = "rgb"
+  c.tfrecord = ml_collections.ConfigDict()
+  c.tfrecord.x_feature = "image"
+  c.tfrecord.x_dtype = "image"
+  c.tfrecord.x_shape = ()
+  c.tfrecord.y_feature = "label"
+  c.tfrecord.y_dtype = "int64"
+  c.tfrecord.y_shape = ()
+  c.num_classes = config_dict.placeholder(int)
+  c.rescale = config_dict.placeholder(float)
+  c.standardize = True
+  c.random_crop_padding = 0
+  c.random_flip = False
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict()
+  c.loss = "sparse_categorical_crossentropy"
+  c.metrics = ("accuracy",)
   c.seed = 0
   c.epochs = 20
   c.batch_size = 128

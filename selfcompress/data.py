@@ -1,14 +1,20 @@
 """Datasets: IDX reading, checksummed loading and `tf.data` input pipelines.
 
-Three datasets are registered (see `DATASETS`): ``"digits"`` (the 8x8 digits
+Three datasets are built in (see `DATASETS`): ``"digits"`` (the 8x8 digits
 bundled with scikit-learn, offline, the default), ``"mnist"`` and
 ``"fashion_mnist"`` (28x28, read from the original IDX ``.gz`` files or a
 Keras ``.npz`` cache, optionally downloaded with `keras.utils.get_file`).
+Any other dataset on disk is named ``"KIND:LOCATION"`` (`.npz` files, image
+folders, TFRecord files, TensorFlow Datasets: `selfcompress.sources`).
+`from_config` loads the dataset a config describes; `load` returns the
+pipelines of `selfcompress.pipeline` with the same guarantees for all.
 """
 
 import dataclasses
+import functools
 import gzip
 import hashlib
+import math
 import os
 import struct
 import zlib
@@ -16,7 +22,16 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from selfcompress import pipeline, sources
 from selfcompress.errors import ConfigError, DataError
+
+# The checks and pipelines over the arrays; here too for `data.make_dataset` etc.
+from selfcompress.pipeline import (
+    check_labels,
+    dataset_stats,
+    make_dataset,
+    split_validation,
+)
 
 _SPLITS = ("x_train", "y_train", "x_test", "y_test")
 _IDX_FILES = {
@@ -282,114 +297,80 @@ def _check_arrays(arrays, name, num_classes, sources):
     return {k: arrays[k].astype(np.uint8 if k.startswith("x") else np.int64, copy=False) for k in _SPLITS}
 
 
-def check_labels(y, num_classes, source="the labels"):
-    """Raises `DataError` (a ValueError) unless every label is an integer class index in [0, num_classes).
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """A config's data settings besides `dataset`, `data_dir` and the split:
+    the config fields of the same names (meanings: `selfcompress.config.DOCS`).
+    Build it with `options_from(config)`."""
 
-    Out-of-range labels would otherwise reach the loss, which turns them into
-    NaN or garbage gradients that look like a diverging run. Cost: a min and a
-    max over the labels.
-    """
-    y = np.asarray(y)
-    if y.size == 0:
-        return
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
-        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            sample = ", ".join(str(v) for v in y.ravel()[:5])
-            raise DataError(f"{source}: labels must be integer class indices in [0, {num_classes - 1}]. "
-                            f"Received labels of dtype {y.dtype} (first values: {sample}).")
-    if y.min() >= 0 and y.max() < num_classes:
-        return
-    bad_mask = (y < 0) | (y >= num_classes)
-    bad = np.unique(y[bad_mask])
-    shown = ", ".join(str(v.item()) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-    raise DataError(
-        f"{source}: {int(bad_mask.sum())} of {y.size} labels are outside the valid range [0, {num_classes - 1}] "
-        f"for {num_classes} classes. Bad label values: {shown}. Each label must be a class index from 0 to "
-        f"{num_classes - 1}: check that the label files belong to this dataset and are not damaged or "
-        "swapped, or remap your labels.")
+    image_size: tuple
+    color_mode: str
+    tfrecord: dict  # x_feature, x_dtype, x_shape, y_feature, y_dtype, y_shape
+    num_classes: object  # None: from the data
+    regression: bool  # from config.loss: real-valued targets, not class indices
+    rescale: object  # None: 1/255 for uint8 inputs, 1 otherwise
+    standardize: bool
+    random_crop_padding: int
+    random_flip: bool
 
 
-def split_validation(x, y, num_validation=5000, seed=0):
-    """Holds out `num_validation` random training examples (deterministic given `seed`).
-
-    Returns ``(x_train, y_train, x_val, y_val)``; both parts keep the original order.
-    """
-    if len(x) != len(y):
-        raise ValueError(f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}")
-    if not 0 <= num_validation < len(x):
-        raise ConfigError(f"`num_validation` must be in [0, {len(x)}) (the training-set size) so that some "
-                         f"training data remain. Received: num_validation={num_validation}")
-    held_out = np.zeros(len(x), dtype=bool)
-    held_out[np.random.default_rng(seed).permutation(len(x))[:num_validation]] = True
-    return x[~held_out], y[~held_out], x[held_out], y[held_out]
-
-
-def dataset_stats(x_train):
-    """Returns the pixel ``(mean, std)`` of images scaled to [0, 1]."""
-    x = np.asarray(x_train)
-    if x.dtype == np.uint8:  # exact and memory-light via a histogram
-        counts = np.bincount(x.ravel(), minlength=256).astype(np.float64)
-        values = np.arange(256) / 255.0
-        mean = float(counts @ values / counts.sum())
-        std = float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum()))
-    else:
-        scaled = x.astype(np.float64) / 255.0
-        mean, std = float(scaled.mean()), float(scaled.std())
-    return mean, std
+def _field(config, key):
+    """`config`'s value of the (dotted) field `key`; `config` is a ConfigDict,
+    or a dict as recorded in a workdir's config.json (nested, or flat as
+    `selfcompress.workdir.flat` gives it). A record that predates a field has
+    the field's default."""
+    if isinstance(config, dict) and key in config:
+        return config[key]
+    node = config
+    try:
+        for part in key.split("."):
+            node = node[part]
+    except KeyError:
+        from selfcompress import config as base_config
+        return _field(base_config.base(), key)
+    return node
 
 
-def make_dataset(x, y, batch_size, *, training, seed=0, mean=None, std=None, flatten=False,
-                 add_channel_axis=True, drop_remainder=False, first_epoch=None):
-    """Builds a batched `tf.data.Dataset` of ``(float32 images, int32 labels)``.
+def options_from(config=None):
+    """The `Options` of `config` (a ConfigDict or a recorded dict); of
+    `selfcompress.config.base()` when None."""
+    from selfcompress import objectives
+    if config is None:
+        from selfcompress import config as base_config
+        config = base_config.base()
+    get = functools.partial(_field, config)
+    tfrecord = {k: get(f"tfrecord.{k}") for k in ("x_feature", "x_dtype", "y_feature", "y_dtype")}
+    tfrecord.update(x_shape=tuple(get("tfrecord.x_shape")), y_shape=tuple(get("tfrecord.y_shape")))
+    return Options(image_size=tuple(get("image_size")), color_mode=get("color_mode"), tfrecord=tfrecord,
+                   num_classes=get("num_classes"), regression=objectives.is_regression(get("loss")),
+                   rescale=get("rescale"), standardize=get("standardize"),
+                   random_crop_padding=get("random_crop_padding"), random_flip=get("random_flip"))
 
-    Pixels are scaled to [0, 1], then normalised as ``(x - mean) / std`` when
-    `mean`/`std` are given (compute them with `dataset_stats`). Training
-    datasets are shuffled with `seed`, reshuffled every epoch. Images have
-    shape (H, W, 1), (H, W) if `add_channel_axis=False`, or (H*W,) if `flatten`.
 
-    With `first_epoch` (training only) the dataset is endless: epoch `e` is
-    shuffled with a seed derived from `(seed, e)`, so a run resumed at epoch
-    `k` sees exactly the batches an uninterrupted run would (use it with
-    `fit(steps_per_epoch=ceil(N / batch_size))`).
-    """
-    x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-        raise ValueError(f"Expected images of shape (N, H, W) and labels of shape (N,). "
-                         f"Received: x.shape={x.shape}, y.shape={y.shape}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    if std is not None and not std > 0:
-        raise ValueError(f"`std` must be positive. Received: std={std}")
-    if flatten:
-        x = x.reshape(len(x), -1)
-    elif add_channel_axis:
-        x = x[..., np.newaxis]
-    offset = 0.0 if mean is None else float(mean)
-    scale = 1.0 if std is None else float(std)
+def validate(config):
+    """Raises `ConfigError` for a bad `dataset` or data field of `config`."""
+    def bad(field, value, why):
+        raise ConfigError(f"Bad config value: {field}={value!r}: {why}.")
+    if config.dataset not in DATASETS:
+        sources.validate(options_from(config), sources.parse(config.dataset)[0])
+    if config.num_classes is not None and (isinstance(config.num_classes, bool) or config.num_classes < 1):
+        bad("num_classes", config.num_classes, "must be a positive integer, or None to count the classes "
+            "in the data")
+    if config.rescale is not None and not (math.isfinite(config.rescale) and config.rescale > 0):
+        bad("rescale", config.rescale, "must be a positive number (1/255 scales pixels to [0, 1]), or None")
+    padding = config.random_crop_padding
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        bad("random_crop_padding", padding, "must be an integer >= 0 (pixels of padding; 0: no crops)")
 
-    def preprocess(images, labels):
-        return (tf.cast(images, tf.float32) / 255.0 - offset) / scale, labels
 
-    if training and first_epoch is not None:
-        images, labels = tf.constant(x), tf.constant(y.astype(np.int32))
-        n = len(x)
-
-        def epoch(e):
-            # A stateless permutation per (seed, epoch): resumable exactly.
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-            return tf.data.Dataset.from_tensor_slices(order).batch(
-                batch_size, drop_remainder=drop_remainder)
-
-        ds = tf.data.Dataset.range(int(first_epoch), 1 << 40).flat_map(epoch)
-        ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
-    else:
-        ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-        if training:
-            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+def from_config(config, *, first_epoch=None):
+    """`load(...)` with every setting from `config` (a ConfigDict, or a dict
+    recorded in a workdir's config.json)."""
+    get = functools.partial(_field, config)
+    return load(get("dataset"), get("data_dir"), batch_size=get("batch_size"),
+                num_validation=get("num_validation"), seed=get("seed"), download=get("download"),
+                verify_checksums=get("verify_checksums"), first_epoch=first_epoch,
+                max_train_examples=get("max_train_examples") or None, options=options_from(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,7 +382,7 @@ class Datasets:
     validation: object  # tf.data.Dataset, or None when num_validation == 0
     test: tf.data.Dataset
     input_shape: tuple
-    num_classes: int
+    num_classes: int  # classes; with a regression loss, targets per example
     num_train: int
     num_validation: int
     num_test: int
@@ -411,33 +392,56 @@ class Datasets:
 
 
 def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, flatten=False,
-         download=False, verify_checksums=True, first_epoch=None, max_train_examples=None):
+         download=False, verify_checksums=True, first_epoch=None, max_train_examples=None, options=None):
     """Loads a dataset and returns normalised train/validation/test pipelines.
 
+    `name` is a built-in dataset (`DATASETS`) or a file source
+    (``"npz:PATH"``, ``"images:FOLDER"``, ``"tfrecord:PATTERN"``,
+    ``"tfds:NAME"``; see `selfcompress.sources`). `options` (an `Options`;
+    None: the defaults of `selfcompress.config.base()`) gives the source's
+    settings, the preprocessing and the augmentation of the training set.
     The validation set (`num_validation` examples; default 5,000 for MNIST and
-    Fashion-MNIST, 0 for digits) is held out of the training set. Mean and
-    std are computed on the remaining training images.
+    Fashion-MNIST, 0 for digits, 10% of the training set for file sources) is
+    held out of the training set by `seed`. Mean and std are computed on the
+    remaining training inputs.
     """
-    arrays = load_arrays(name, data_dir, verify_checksums=verify_checksums, download=download)
-    if num_validation is None:
-        num_validation = SPECS[name].default_num_validation if name in SPECS else 0
+    opts = options if options is not None else options_from()
+    if name in DATASETS:
+        arrays = load_arrays(name, data_dir, verify_checksums=verify_checksums, download=download)
+        num_classes = SPECS[name].num_classes if name in SPECS else 10
+        if num_validation is None:
+            num_validation = SPECS[name].default_num_validation if name in SPECS else 0
+        if opts.regression:
+            arrays = dict(arrays, y_train=arrays["y_train"].astype(np.float32)[:, None],
+                          y_test=arrays["y_test"].astype(np.float32)[:, None])
+            num_classes = 1
+    else:
+        arrays, num_classes = pipeline.check(name, sources.read(name, data_dir, opts), opts)
+        if num_validation is None:
+            num_validation = len(arrays["x_train"]) // 10
     x_train, y_train, x_val, y_val = split_validation(arrays["x_train"], arrays["y_train"], num_validation, seed)
     if max_train_examples:
         x_train, y_train = x_train[:max_train_examples], y_train[:max_train_examples]
-    mean, std = dataset_stats(x_train)
-    common = dict(mean=mean, std=std, flatten=flatten)
+    mean, std = dataset_stats(x_train, opts.rescale) if opts.standardize else (0.0, 1.0)
+    if not std > 0:
+        raise DataError(f"The training inputs of {name!r} are all equal (standard deviation 0), so they "
+                        "cannot be standardised: set standardize=False, or check the data.")
+    add_channel_axis = x_train.ndim == 3 and x_train.dtype == np.uint8  # grayscale images
+    common = {"mean": mean, "std": std, "flatten": flatten, "add_channel_axis": add_channel_axis,
+              "rescale": opts.rescale}
+    augmentation = {"crop_padding": opts.random_crop_padding, "flip": opts.random_flip}
     train = make_dataset(x_train, y_train, batch_size, training=True, seed=seed,
-                         first_epoch=first_epoch, **common)
+                         first_epoch=first_epoch, **common, **augmentation)
     validation = make_dataset(x_val, y_val, batch_size, training=False, **common) if num_validation else None
     test = make_dataset(arrays["x_test"], arrays["y_test"], batch_size, training=False, **common)
-    height, width = x_train.shape[1:]
+
     def train_from(epoch):
         return make_dataset(x_train, y_train, batch_size, training=True, seed=seed,
-                            first_epoch=epoch, **common)
+                            first_epoch=epoch, **common, **augmentation)
 
+    shape = tuple(x_train.shape[1:])
+    input_shape = (int(np.prod(shape)),) if flatten else shape + (1,) if add_channel_axis else shape
     return Datasets(name=name, train=train, validation=validation, test=test,
-                    train_from=train_from,
-                    input_shape=(height * width,) if flatten else (height, width, 1),
-                    num_classes=SPECS[name].num_classes if name in SPECS else 10,
+                    train_from=train_from, input_shape=input_shape, num_classes=num_classes,
                     num_train=len(x_train), num_validation=num_validation, num_test=len(arrays["x_test"]),
                     mean=mean, std=std)

@@ -44,7 +44,8 @@ import keras
 import numpy as np
 
 from selfcompress import callbacks as cb
-from selfcompress import (checkpoint, data, distribute, models, pruning,
+from selfcompress import (checkpoint, data, distribute, models, objectives,
+                          pruning,
                           training, workdir as workdirs)
 from selfcompress.errors import ConfigError
 
@@ -64,6 +65,13 @@ def validate(config):
   if config.method != "dense":
     raise ConfigError(f"Bad config value: method={config.method!r}: IMP prunes "
                      "a float network; set method='dense'.")
+  if objectives.is_regression(config.loss) or (
+      tuple(config.metrics)[:1] != ("accuracy",)):
+    raise ConfigError(
+        f"Bad config value: loss={config.loss!r}, metrics="
+        f"{tuple(config.metrics)!r}: IMP chooses its levels and bits by "
+        "validation accuracy, so it needs a classification loss with "
+        "'accuracy' as the first metric.")
   if not isinstance(imp.levels, int) or imp.levels < 0:
     bad("levels", "must be an integer >= 0 (0: the dense level only)")
   if not 0 < imp.fraction < 1:
@@ -174,7 +182,7 @@ def prepare_level(config, ds, steps, level, workdir):
     seed = int(np.random.SeedSequence([config.seed, level]).generate_state(1)[0])
     model.set_weights(_new_model(config, ds, seed).get_weights())
   pruning.apply(model, mask)
-  training.compile_model(model, lr)
+  training.compile_model(model, lr, config)
   return model, mask, first_epoch
 
 
@@ -233,11 +241,7 @@ def run(config, workdir):
 def _run(config, workdir):
   strategy = distribute.make(config)  # first: it may split the CPU
   distribute.log_strategy(strategy)
-  ds = data.load(
-      config.dataset, config.data_dir, batch_size=config.batch_size,
-      num_validation=config.num_validation, seed=config.seed,
-      download=config.download, verify_checksums=config.verify_checksums,
-      first_epoch=0, max_train_examples=config.max_train_examples or None)
+  ds = data.from_config(config, first_epoch=0)
   workdirs.record(workdir, config)  # the config and data are known good
   steps = math.ceil(ds.num_train / config.batch_size)
   rows = []
@@ -263,7 +267,7 @@ def load_level(config, ds, workdir, level):
                      "is missing); run tools/imp.py on it first.")
   model = _new_model(config, ds, config.seed)
   model.set_weights(_load_arrays(path))
-  return training.compile_model(model, config.learning_rate)
+  return training.compile_model(model, config.learning_rate, config)
 
 
 def tolerated_bits(model, validation, tolerance, bits=range(8, 1, -1)):

@@ -29,6 +29,11 @@ def run_sweep(config, workdir, gammas, seeds=(0,), dense=True):
   """
   if not gammas:
     raise ConfigError("Give at least one gamma to sweep (--gammas).")
+  if tuple(config.metrics)[:1] != ("accuracy",):
+    raise ConfigError(
+        f"Bad config value: metrics={tuple(config.metrics)!r}: a sweep plots "
+        "test accuracy against size, so its first metric must be "
+        "'accuracy' (a classification loss).")
   with workdirs.Lock(workdir):  # each run also locks its own folder
     return _sweep(config, workdir, gammas, seeds, dense)
 

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 import selfcompress as sc
 from selfcompress import callbacks as cb
-from selfcompress import (checkpoint, data, distribute, models, plots,
-                          shed_training, workdir as workdirs)
+from selfcompress import (checkpoint, data, distribute, models, objectives,
+                          plots, shed_training, workdir as workdirs)
 from selfcompress import config as base_config
 from selfcompress.errors import ConfigError
 
@@ -48,10 +48,9 @@ def validate(config):
       bad(field, why)
   if config.method not in METHODS:
     bad("method", f"must be one of {METHODS}")
-  if config.dataset not in data.DATASETS:
-    bad("dataset", f"must be one of {data.DATASETS}")
-  if config.model not in models.MODELS:
-    bad("model", f"must be one of {sorted(models.MODELS)}")
+  data.validate(config)  # dataset, and the fields of its source
+  models.validate(config.model, config.model_kwargs)
+  objectives.validate(config.loss, config.metrics)
   integer("epochs", 1, "must be a positive integer")
   integer("batch_size", 1, "must be a positive integer")
   integer("seed", 0, "must be an integer >= 0")
@@ -134,12 +133,13 @@ def learning_rate(config, steps_per_epoch, start_step=0):
   return OffsetSchedule(schedule, start_step) if start_step else schedule
 
 
-def compile_model(model, lr):
-  """Compiles with the project's optimizer (Adam at `lr`), loss and metric."""
+def compile_model(model, lr, config=None):
+  """Compiles with the project's optimizer (Adam at `lr`) and the loss and
+  metrics of `config` (None: the defaults, classification)."""
+  config = config if config is not None else base_config.base()
   model.compile(
       optimizer=keras.optimizers.Adam(lr),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=["accuracy"])
+      loss=objectives.keras_loss(config.loss), metrics=list(config.metrics))
   return model
 
 
@@ -176,7 +176,7 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
     except ValueError as e:  # compress() names the argument (config field)
       raise ConfigError(f"The config cannot compress {config.model!r}: {e}"
                         ) from e
-  return compile_model(model, learning_rate(config, steps_per_epoch))
+  return compile_model(model, learning_rate(config, steps_per_epoch), config)
 
 
 def compressor(config, method):
@@ -234,18 +234,13 @@ def _run(config, workdir, strategy, chief, extend_epochs):
       results = json.load(f)
     if results.get("epochs") == config.epochs:
       print(f"{workdir} holds this run, finished; not training again.")
-      _print_report(workdir, results)
+      _print_report(workdir, results, objectives.reported(config.metrics))
       return results
   keras.backend.clear_session()  # see build_model
   with strategy.scope():
     restored = checkpoint.restore(ckpt_dir)
   start_epoch, history = (restored[1], restored[2]) if restored else (0, [])
-  ds = data.load(
-      config.dataset, config.data_dir, batch_size=config.batch_size,
-      num_validation=config.num_validation, seed=config.seed,
-      download=config.download, verify_checksums=config.verify_checksums,
-      first_epoch=start_epoch,
-      max_train_examples=config.max_train_examples or None)
+  ds = data.from_config(config, first_epoch=start_epoch)
   if restored:
     model = restored[0]
     print(f"Resuming {workdir} from epoch {start_epoch} of {config.epochs}.")
@@ -286,8 +281,10 @@ def _run(config, workdir, strategy, chief, extend_epochs):
 
   test = distribute.evaluate(model, ds.test)
   report = sc.size(model)
+  metric = objectives.reported(config.metrics)  # classification: accuracy
   results = {
-      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      **{f"test_{m}": test[m] for m in config.metrics},
+      "test_loss": test["loss"],
       "size_kb": report.kb, "float_kb": report.float_kb,
       "compression_ratio": report.compression_ratio,
       "bits_per_weight": report.bits_per_weight,
@@ -299,13 +296,13 @@ def _run(config, workdir, strategy, chief, extend_epochs):
       "compressor": config.compressor,
       "gamma": config.gamma, "target_kb": config.target_kb,
       "train_seconds": sum(r["seconds"] for r in history),
-      "val_accuracy": history[-1].get("val_accuracy") if history else None,
+      f"val_{metric}": history[-1].get(f"val_{metric}") if history else None,
       # Equal on every worker of a run, and between reruns of a seed.
       "weights_sha256": _digest(model),
   }
   if not chief:
-    print(f"{distribute.task_name(strategy)}: done (test accuracy "
-          f"{100 * results['test_accuracy']:.2f}%, weights "
+    tested = objectives.describe(metric, results[f"test_{metric}"])
+    print(f"{distribute.task_name(strategy)}: done (test {tested}, weights "
           f"{results['weights_sha256'][:12]}); the chief writes {workdir}.")
     return results
   checkpoint.write_json(os.path.join(workdir, "size.json"), report.as_dict())
@@ -316,7 +313,7 @@ def _run(config, workdir, strategy, chief, extend_epochs):
   plots.training_curve(history, os.path.join(workdir, "training.png"),
                        title=f"{config.model} on {config.dataset}")
   checkpoint.write_json(results_path, results)
-  _print_report(workdir, results)
+  _print_report(workdir, results, metric)
   return results
 
 
@@ -327,15 +324,16 @@ def verbosity(config):
           print if config.verbose == 1 else None)
 
 
-def _print_report(workdir, results):
-  """The end-of-run report: the size summary's total and the accuracy."""
+def _print_report(workdir, results, metric="accuracy"):
+  """The end-of-run report: the size summary's total and the reported
+  metric (`config.metrics[0]`)."""
   path = os.path.join(workdir, "size.txt")
   if os.path.exists(path):
     with open(path) as f:
       lines = f.read().splitlines()
     if lines:
       print(lines[-1])
-  print(f"Test accuracy {100 * results['test_accuracy']:.2f}% at "
+  print(f"Test {objectives.describe(metric, results[f'test_{metric}'])} at "
         f"{results['size_kb']:.3f} KB; results in {workdir}")
 
 

@@ -65,12 +65,22 @@ def recorded(workdir):
 
 
 def differences(before, now, free=FREE_FIELDS):
-  """`[(field, old, new)]` for every field that differs, `free` ones aside."""
+  """`[(field, old, new)]` for every field that differs, `free` ones aside.
+
+  A field the record lacks but that now holds its default is no
+  difference: the record predates the field, and the run it describes
+  behaved as the default does (a workdir written before a new config field
+  resumes).
+  """
+  from selfcompress import config as config_lib
+  defaults = flat(config_lib.base())
   missing = object()
   out = []
   for key in sorted(set(before) | set(now)):
     old, new = before.get(key, missing), now.get(key, missing)
     if key in free or old == new:
+      continue
+    if old is missing and key in defaults and new == defaults[key]:
       continue
     out.append((key, "(absent)" if old is missing else old,
                 "(absent)" if new is missing else new))

@@ -343,3 +343,25 @@ def test_out_of_range_labels_in_npz_and_non_integer_labels(tmp_path):
     with pytest.raises(ValueError, match="integer class indices"):
         data.check_labels(np.array([0.0, 1.5]), 10)
     data.check_labels(np.array([0.0, 9.0]), 10)  # integral floats are fine
+
+
+# --- configs -----------------------------------------------------------------
+
+def test_from_config_reads_a_config_or_its_record(tmp_path):
+    from selfcompress import config as config_lib
+    from selfcompress import workdir
+
+    c = config_lib.base()
+    c.num_validation, c.batch_size, c.random_flip = 100, 32, True
+    direct = data.from_config(c)
+    flat = workdir.flat(c)  # as config.json records it
+    assert data.options_from(flat) == data.options_from(c)
+    del flat["random_flip"], flat["tfrecord.x_shape"]  # a record older than these fields
+    assert data.options_from(flat).random_flip is False and data.options_from(flat).tfrecord["x_shape"] == ()
+    recorded = data.from_config(workdir.flat(c))
+    assert (recorded.num_train, recorded.num_validation, recorded.input_shape) == (1337, 100, (8, 8, 1))
+    for (x1, y1), (x2, y2) in zip(direct.test, recorded.test):
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+    # The defaults of `load` are those of config.base().
+    assert data.options_from() == data.options_from(config_lib.base())
