@@ -354,3 +354,13 @@ def test_sweep_runs_each_gamma_and_the_dense_baseline(tmp_path):
   assert dense["method"] == "dense" and dense["compressor"] == "bits"
   for name in ("sweep.json", "pareto.png", "gamma0.1_seed0/results.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
+
+
+def test_a_record_without_a_newer_field_matches_its_default():
+  now = workdirs.flat(config_lib.base())
+  before = dict(now)
+  del before["loss"]  # a workdir written before `loss` existed
+  assert workdirs.differences(before, now) == []
+  changed = dict(now, loss="mse")
+  assert workdirs.differences(before, changed) == [
+      ("loss", "(absent)", "mse")]
