@@ -8,6 +8,7 @@ from selfcompress import compressors
 from selfcompress import layers as sc_layers
 from selfcompress import kinds
 from selfcompress import surgery
+from selfcompress.compressors.inputs import without_input_gates
 from selfcompress.graph import ChannelGraph
 from selfcompress.layers.base import keras_parent
 from selfcompress.model import SelfCompressingModel
@@ -36,8 +37,12 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
     model: a built Sequential or Functional Keras model (nested ones too).
     compressor: the compression method for every replaced layer: a name
       (`"bits"`: learned bit depths; `"gates"`: L0 gates on float32
-      channels; `"gates+bits"`: both), a serialized dict or a
-      `ChannelCompressor` instance.
+      channels; `"gates+bits"`: both; `"inputs+bits"`, `"inputs+gates"`,
+      `"inputs+gates+bits"`: the same plus L0 gates on each layer's inputs,
+      `compressors.InputGates`), a serialized dict or a
+      `ChannelCompressor` instance. Layers that cannot gate their inputs
+      (depthwise and grouped convolutions, embeddings, attention) get the
+      input-gated compressor's inner one.
     per_layer: overrides `compressor` layer by layer: a dict of layer name
       -> compressor identifier, or a function of the Keras layer returning
       one; `None` (as a value or returned) leaves the layer uncompressed.
@@ -47,7 +52,8 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
     protect_outputs: keep every output channel of the layers that produce the
       model's outputs (the logits: their channels are fixed by the task).
     **compressor_kwargs: passed to the compressor, e.g. `bits_init=8`,
-      `lr_multiplier=100`.
+      `lr_multiplier=100` (input gates: `min_inputs`,
+      `input_log_alpha_init`, ...).
 
   Returns:
     A `SelfCompressingModel`.
@@ -90,6 +96,8 @@ def compress(model, *, compressor="bits", per_layer=None, gamma=0.05,
                               and layer.name in protected else min_channels)
     config = layer.get_config()
     config["compressor"] = compressors.get(identifier, **kwargs)
+    if not kind.gates_inputs(layer):  # depthwise, grouped, embedding...
+      config["compressor"] = without_input_gates(config["compressor"])
     return replacement.from_config(config)
 
   cloned, pairs = surgery.rebuild(model, clone)
@@ -114,8 +122,8 @@ def _warn_gates_before_batchnorm(pairs):
   from selfcompress.compressors.gates import HardConcreteGate, GatedBitDepth
   gated = []
   for old, new in pairs:
-    if isinstance(getattr(new, "compressor", None),
-                  (HardConcreteGate, GatedBitDepth)):
+    compressor = without_input_gates(getattr(new, "compressor", None))
+    if isinstance(compressor, (HardConcreteGate, GatedBitDepth)):
       consumers = [n.operation for n in getattr(old, "_outbound_nodes", [])]
       if any(isinstance(c, keras.layers.BatchNormalization) for c in consumers):
         gated.append(old.name)
@@ -180,7 +188,8 @@ def _split_separable(layer, identifier, compressor_kwargs, min_channels,
       depthwise_initializer=c["depthwise_initializer"],
       depthwise_regularizer=c["depthwise_regularizer"],
       depthwise_constraint=c["depthwise_constraint"],
-      compressor=compressor(), name=layer.name + "_depthwise", **common)
+      compressor=without_input_gates(compressor()),
+      name=layer.name + "_depthwise", **common)
   pointwise = conv_cls(
       filters=c["filters"], kernel_size=1, activation=c["activation"],
       use_bias=c["use_bias"], kernel_initializer=c["pointwise_initializer"],

@@ -20,10 +20,13 @@ import math
 import weakref
 
 import keras
+import numpy as np
 from keras import ops
 
 from selfcompress import kinds
 from selfcompress import surgery
+from selfcompress.compressors.inputs import input_state
+from selfcompress.layers.select import SelectChannels
 
 L = keras.layers
 
@@ -71,17 +74,30 @@ class Step:
   kind: object = None        # the `selfcompress.kinds.Kind` of a weighted layer
   foreign: bool = False      # reads its input on another axis: keep it whole
   flatten: str = "tile"      # how a flatten orders channels: tile or repeat
+  select: object = None      # SelectChannels: the input channels it keeps
+  node: object = None        # the Keras node of this call
 
 
 @dataclasses.dataclass
 class Flow:
-  """Liveness after propagation, per layer (merged over repeated calls)."""
+  """Liveness after propagation, per layer (merged over repeated calls).
+
+  `fan_in` is exact (alive weights per output channel, without gradient);
+  `penalty_fan_in` is what the size penalty multiplies each channel's
+  penalty bits by: the same count, but for a layer with input gates the
+  expected number of open inputs (`P(z != 0)` over the alive inputs, times
+  the kernel area), differentiable in the gates' `log_alpha`; 0 for a
+  channel that no consumer reads (it is dead, and `shed()` removes it).
+  `input_states` holds each input-gated layer's `InputState`.
+  """
   in_alive: dict
   out_alive: dict
   fan_in: dict
   tensors: dict
   states: dict
   folds: dict = dataclasses.field(default_factory=dict)  # layer -> 0/1: gets a bias
+  penalty_fan_in: dict = dataclasses.field(default_factory=dict)
+  input_states: dict = dataclasses.field(default_factory=dict)
 
 
 class ChannelGraph:
@@ -134,14 +150,17 @@ class ChannelGraph:
         layer=op, inputs=list(ins), outputs=outs, rule=rule,
         out_channels=[_channels(t, self.axes[k])
                       for t, k in zip(node.outputs, outs)],
-        in_shapes=[tuple(t.shape) for t in node.input_tensors], **extra))
+        in_shapes=[tuple(t.shape) for t in node.input_tensors], node=node,
+        **extra))
     if rule == "unknown" and surgery.is_layer(op):
       self.unknown.append(op)
     return outs
 
-  def propagate(self, states=None):
+  def propagate(self, states=None, input_states=None):
     """Liveness of every channel, from the compressors' current state (or
-    from `states`, a dict layer -> `ChannelState`, for what-if questions).
+    from `states`, a dict layer -> `ChannelState`, and `input_states`, a
+    dict layer -> `InputState` for input-gated layers, for what-if
+    questions).
 
     Alongside liveness it carries each dead channel's constant value
     (inference mode; NaN where it cannot be known). A dead channel with a
@@ -149,12 +168,18 @@ class ChannelGraph:
     padded convolution, whose border taps see the padding instead of the
     constant: such a consumer counts it as an input, exactly as `shed()`
     keeps it.
+
+    A layer with input gates (`compressors.InputGates`) reads only the
+    inputs whose gate is open: the others leave its fan-in, and a channel
+    that no consumer reads (every reader closed its gate) is dead too.
     """
     tensors = {k: ops.ones((c,)) for k, c in
                zip(self.input_keys, self.input_channels)}
     consts = {k: ops.zeros((c,)) for k, c in
               zip(self.input_keys, self.input_channels)}
-    flow = Flow({}, {}, {}, tensors, dict(states or {}))
+    flow = Flow({}, {}, {}, tensors, dict(states or {}),
+                input_states=dict(input_states or {}))
+    penalty_fan_in = []  # (layer, output key, fan-in of one call)
     for step in self.steps:
       ins = [tensors[k] for k in step.inputs]
       cs = [consts[k] for k in step.inputs]
@@ -166,9 +191,17 @@ class ChannelGraph:
           ins, cs = [ops.ones((n,))], [ops.zeros((n,))]
         nonzero = _dead_nonzero(ins[0], cs[0])
         seen = ops.maximum(ins[0], nonzero) if step.padded else ins[0]
-        fi = kind.fan_in(layer, seen)
-        out = ops.cast(ops.greater(fi, 0.0), "float32")
         compressor = getattr(layer, "compressor", None)
+        gates = flow.input_states.get(layer) or input_state(compressor)
+        if gates is not None:  # reads only the inputs its gates open
+          flow.input_states[layer] = gates
+          expected = kind.fan_in(layer, ops.stop_gradient(seen) * gates.expected)
+          seen, nonzero = seen * gates.alive, nonzero * gates.alive
+        fi = kind.fan_in(layer, seen)
+        penalty_fan_in.append(
+            (layer, step.outputs[0],
+             ops.stop_gradient(fi) if gates is None else expected))
+        out = ops.cast(ops.greater(fi, 0.0), "float32")
         bias = getattr(layer, "bias", None)
         own = ops.ones_like(out)  # the layer's own verdict on each channel
         if compressor is not None:
@@ -210,6 +243,9 @@ class ChannelGraph:
       elif step.rule == "concat":
         outs = [ops.concatenate(ins, axis=0)]
         out_consts = [ops.concatenate(cs, axis=0)]
+      elif step.rule == "select":
+        outs = [ops.take(ins[0], step.select, axis=0)]
+        out_consts = [ops.take(cs[0], step.select, axis=0)]
       else:
         outs = [ops.ones((c,)) for c in step.out_channels]
         out_consts = [ops.full((c,), float("nan")) for c in step.out_channels]
@@ -219,7 +255,97 @@ class ChannelGraph:
       for k, v, c in zip(step.outputs, outs, out_consts):
         tensors[k], consts[k] = v, c
       flow.out_alive[layer] = _merge(flow.out_alive.get(layer), outs[0])
+    used = self._drop_unread(flow) if flow.input_states else {}
+    for layer, key, fi in penalty_fan_in:
+      if key in used:  # a channel nobody reads costs nothing
+        fi = fi * used[key]
+      flow.penalty_fan_in[layer] = _merge(flow.penalty_fan_in.get(layer), fi)
     return flow
+
+  def _drop_unread(self, flow):
+    """Kills the channels that no consumer reads (closed input gates),
+    walking back from the outputs, and updates the layers' liveness.
+    Returns `read(flow)`."""
+    tensors = flow.tensors
+    used = self.read(flow)
+    for k, u in used.items():
+      tensors[k] = tensors[k] * u
+    flow.out_alive.clear()
+    for step in self.steps:
+      layer = step.layer
+      flow.out_alive[layer] = _merge(flow.out_alive.get(layer),
+                                     tensors[step.outputs[0]])
+      if step.rule != "weighted" and step.inputs:
+        flow.in_alive[layer] = None
+    for step in self.steps:
+      if step.rule != "weighted" and step.inputs:
+        flow.in_alive[step.layer] = _merge(flow.in_alive[step.layer],
+                                           tensors[step.inputs[0]])
+    return used
+
+  def read(self, flow):
+    """For every tensor, which of its channels some consumer reads (0/1):
+    all of them for the model's outputs, for tensors nothing consumes and
+    for consumers the graph cannot follow; a layer with input gates reads
+    the inputs its gates open."""
+    consumed = {k for s in self.steps for k in s.inputs}
+    used = {}
+    for k, v in flow.tensors.items():
+      if k in self.output_keys or k not in consumed:
+        used[k] = ops.ones_like(v)
+
+    def add(k, v):
+      used[k] = v if k not in used else ops.maximum(used[k], v)
+
+    def every(k):
+      add(k, ops.ones_like(flow.tensors[k]))
+
+    for step in reversed(self.steps):
+      ins, rule = step.inputs, step.rule
+      if not ins:
+        continue
+      out = used.get(step.outputs[0]) if step.outputs else None
+      sizes = [int(flow.tensors[k].shape[0]) for k in ins]
+      n_out = None if out is None else int(out.shape[0])
+      first = None
+      if out is None or rule == "unknown":
+        pass
+      elif rule == "weighted":
+        gates = flow.input_states.get(step.layer)
+        if gates is not None and not step.foreign:
+          first = gates.alive
+      elif rule == "passthrough" and sizes[0] == n_out:
+        first = out
+      elif rule == "flatten":
+        c = sizes[0]
+        first = (ops.max(ops.reshape(out, (-1, c)), axis=0)
+                 if step.flatten == "tile" else
+                 ops.max(ops.reshape(out, (c, -1)), axis=1))
+      elif rule == "select":  # (a channel selected twice counts once)
+        first = ops.minimum(ops.scatter(
+            ops.expand_dims(step.select, 1), out, (sizes[0],)), 1.0)
+      elif rule == "merge_or":
+        for k, n in zip(ins, sizes):
+          if n == n_out:
+            add(k, out)
+          elif n == 1:
+            add(k, ops.max(out, keepdims=True))
+          else:
+            every(k)
+        continue
+      elif rule == "concat":
+        offset = 0
+        for k, n in zip(ins, sizes):
+          add(k, out[offset:offset + n])
+          offset += n
+        continue
+      if first is None:
+        every(ins[0])
+      else:
+        add(ins[0], first)
+      for k in ins[1:]:
+        every(k)
+    return used
 
   def task_output_layers(self):
     """Weighted layers whose output channels are the model's outputs (the
@@ -313,6 +439,10 @@ def _rule(op, node, in_axes):
     return ("concat" if concat_axis == out_axis else "merge_or"), out_axis, {}
   if isinstance(op, L.InputLayer):
     return "passthrough", axis, {}
+  if isinstance(op, SelectChannels):
+    if op.axis % in_rank != axis or rank != in_rank:
+      return unknown
+    return "select", axis, {"select": np.asarray(op.indices, "int32")}
   return unknown
 
 

@@ -3,7 +3,8 @@
 A `Kind` describes a family of Keras layers with a kernel (Dense,
 convolutions, depthwise and transposed convolutions): how many output
 channels it has and on which axis, how many weights feed each of them from
-the alive inputs, how its kernel is cut along inputs and outputs, its linear
+the alive inputs, which kernel axis its inputs are on (input gates), how
+its kernel is cut along inputs and outputs, its linear
 map (for the layer's forward pass and for folding dead inputs' constants),
 how to rebuild it with fewer channels, and whether it reads padding. The
 self-compressing layers, the channel graph, the size accounting, shedding and
@@ -73,6 +74,21 @@ class Kind:
     """Weights per output channel with every input alive."""
     shape = tuple(self.kernel(layer).shape)
     return math.prod(shape) // self.channels(layer)
+
+  def gates_inputs(self, layer):
+    """Whether a per-input vector (input gates) can scale the kernel: each
+    input channel of the layer is one slice of the kernel's input axis.
+    From the config alone (the layer need not be built)."""
+    return getattr(layer, "groups", 1) == 1
+
+  def input_param_shape(self, layer):
+    """Shape of a per-input-channel vector broadcast against the kernel
+    (input channel `i` is its `i`-th element), or None if the kind cannot
+    gate its inputs (`gates_inputs`)."""
+    if not self.gates_inputs(layer):
+      return None
+    shape = tuple(self.kernel(layer).shape)
+    return (1,) * (len(shape) - 2) + (shape[-2], 1)
 
   def linear(self, layer, x, kernel):
     """The layer's linear map (no bias, no activation) with `kernel`."""
@@ -185,6 +201,9 @@ class Depthwise(Kind):
   def full_fan_in(self, layer):
     return self.area(layer)
 
+  def gates_inputs(self, layer):
+    return False  # input `c` is output channels `c * m ...`: their gates
+
   def linear(self, layer, x, kernel):
     return ops.depthwise_conv(
         x, kernel, strides=layer.strides, padding=layer.padding,
@@ -210,6 +229,10 @@ class Transpose(Kind):
   def param_shape(self, layer):
     shape = tuple(self.kernel(layer).shape)
     return (1,) * (len(shape) - 2) + (shape[-2], 1)
+
+  def input_param_shape(self, layer):
+    shape = tuple(self.kernel(layer).shape)
+    return (1,) * (len(shape) - 1) + shape[-1:]
 
   def linear(self, layer, x, kernel):
     return ops.conv_transpose(
@@ -238,6 +261,9 @@ class Embedding(Kind):
 
   def fan_in(self, layer, in_alive):
     return ops.full((self.channels(layer),), float(layer.input_dim))
+
+  def gates_inputs(self, layer):
+    return False  # its input is token ids, not channels
 
   def linear(self, layer, x, kernel):
     if not str(getattr(x, "dtype", "int32")).startswith("int"):
@@ -315,6 +341,16 @@ class EinsumDense(Kind):
     letters = self._channel_letters(layer)
     shape = tuple(self.kernel(layer).shape)
     return tuple(d if c in letters else 1 for c, d in zip(k, shape))
+
+  def gates_inputs(self, layer):
+    return self.untraceable(layer) is None
+
+  def input_param_shape(self, layer):
+    if not self.gates_inputs(layer):
+      return None
+    shape = tuple(self.kernel(layer).shape)
+    i = self._axes(layer)[0]
+    return tuple(d if a == i else 1 for a, d in enumerate(shape))
 
   def fan_in(self, layer, in_alive):
     shape = tuple(self.kernel(layer).shape)

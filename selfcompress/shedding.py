@@ -12,6 +12,14 @@ each consumer is computed once and folded into the consumer's bias. Where
 that contribution is not the same at every position (a 'same'-padded
 convolution sees the padding), the channel is kept instead, so the shed
 model always computes what the original did.
+
+A layer with input gates (`compressors.InputGates`) loses the inputs whose
+gate is closed (its kernel's slices for them are exactly zero): a channel
+that no consumer reads leaves its producer (the channel graph counts it
+dead), and where the tensor keeps channels the layer does not read (a model
+input, a `Flatten` of pixels, a channel another layer reads) a
+`layers.SelectChannels` in front of the layer gathers the ones it reads.
+A layer called several times keeps the same channels in every call.
 """
 
 import dataclasses
@@ -23,7 +31,7 @@ import numpy as np
 from selfcompress import graph as graph_lib
 from selfcompress import kinds
 from selfcompress import surgery
-from selfcompress.layers import CompressedLayer
+from selfcompress.layers import CompressedLayer, SelectChannels
 
 L = keras.layers
 
@@ -31,9 +39,12 @@ L = keras.layers
 @dataclasses.dataclass
 class Plan:
   """What `shed()` keeps: per tensor a boolean mask over its channels, per
-  weighted layer the bias increments from folded constants."""
+  weighted layer the bias increments from folded constants, and per layer
+  with input gates the channels of its input tensor that it reads (kept
+  and open; a subset of the tensor's kept channels)."""
   kept: dict
   fold: dict
+  reads: dict = dataclasses.field(default_factory=dict)
 
 
 def plan(model):
@@ -75,13 +86,43 @@ def plan(model):
         grown = True
       else:
         fold[layer] = mean.reshape(-1)
+    reads = _reads(g, flow, kept)
+    for step in _gated_steps(g, flow):
+      key = step.inputs[0]
+      if (reads[step.layer] & ~kept[key]).any():  # a shared layer: each
+        kept[key] = kept[key] | reads[step.layer]  # call keeps what it reads
+        grown = True
     if not grown:
-      return Plan(kept, fold)
+      return Plan(kept, fold, reads)
+
+
+def _gated_steps(g, flow):
+  """The calls of input-gated layers whose input tensor the graph follows."""
+  return [step for step in g.steps
+          if step.rule == "weighted" and not step.foreign
+          and step.layer in flow.input_states]
+
+
+def _reads(g, flow, kept):
+  """Each input-gated layer's input channels that it reads: the kept ones
+  whose gate is open (a closed gate zeroes the kernel's slice, so the
+  channel contributes exactly nothing). A layer called on several tensors
+  reads the union."""
+  reads = {}
+  for step in _gated_steps(g, flow):
+    key = step.inputs[0]
+    mask = kept[key] & (np.asarray(flow.input_states[step.layer].alive) > 0)
+    if not mask.any():  # reads nothing: keep the slices, all zero
+      mask = kept[key]
+    previous = reads.get(step.layer)
+    reads[step.layer] = mask if previous is None else previous | mask
+  return reads
 
 
 def _pin(g, kept):
   """Keeps the channels each compressor needs to decide as it does now
-  (see `ChannelCompressor.pinned_channels`), alive or dead."""
+  (see `ChannelCompressor.pinned_channels`, `InputGates.pinned_inputs`),
+  alive or dead."""
   for step in g.steps:
     compressor = getattr(step.layer, "compressor", None)
     if step.rule != "weighted" or compressor is None:
@@ -92,6 +133,12 @@ def _pin(g, kept):
       kept[key] = kept[key] | pinned
     else:  # not one channel per output channel: keep them all
       kept[key] = np.ones_like(kept[key])
+    pinned_inputs = getattr(compressor, "pinned_inputs", None)
+    if pinned_inputs is not None and not step.foreign:
+      key = step.inputs[0]
+      pinned = np.asarray(pinned_inputs()) > 0
+      kept[key] = kept[key] | pinned if pinned.shape == kept[key].shape \
+          else np.ones_like(kept[key])
 
 
 def _along(mask, axis, rank):
@@ -103,9 +150,26 @@ def _along(mask, axis, rank):
 
 def _close(g, kept):
   """Propagates keep-requirements along the graph until nothing changes."""
+  calls = {}  # a layer called several times keeps the same channels in each
+  for step in g.steps:
+    if step.rule in ("weighted", "select") and surgery.is_layer(step.layer):
+      calls.setdefault(step.layer, []).append(step)
+  shared = [steps for steps in calls.values() if len(steps) > 1]
   changed = True
   while changed:
     changed = False
+    for steps in shared:
+      keys = [[s.outputs[0] for s in steps]]
+      if not any(s.foreign for s in steps) and not (
+          steps[0].rule == "weighted"
+          and getattr(getattr(steps[0].layer, "compressor", None),
+                      "input_variables", None)):
+        keys.append([s.inputs[0] for s in steps])  # (input gates: gathers)
+      for group in keys:
+        union = np.logical_or.reduce([kept[k] for k in group])
+        for k in group:
+          if not np.array_equal(union, kept[k]):
+            kept[k], changed = union, True
     for step in g.steps:
       ins, outs = step.inputs, step.outputs
       new = {}
@@ -131,6 +195,10 @@ def _close(g, kept):
           per_channel = out.reshape(c, -1).any(axis=1) | kept[ins[0]]
           spread = np.repeat(per_channel, out.size // c)
         new = {ins[0]: per_channel, outs[0]: spread}
+      elif step.rule == "select":  # its kept outputs need their inputs
+        needed = np.zeros_like(kept[ins[0]])
+        needed[step.select[kept[outs[0]]]] = True
+        new[ins[0]] = needed | kept[ins[0]]
       elif step.rule == "weighted":
         if step.foreign:  # reads the tensor on another axis: all of it
           shape = step.in_shapes[0]
@@ -178,18 +246,29 @@ def shed(model):
   from selfcompress.model import SelfCompressingModel
   p = plan(model)
   g = graph_lib.ChannelGraph.of(model)
-  masks = {}
+  masks, selects, gathers = {}, {}, {}
+  names = {l.name for l in model._flatten_layers(include_self=False)}
   for step in g.steps:
     if not surgery.is_layer(step.layer):
       continue
-    m = (p.kept[step.inputs[0]] if step.inputs and not step.foreign else None,
+    layer = step.layer
+    kept_in = p.kept[step.inputs[0]] if step.inputs else None
+    m = (p.reads.get(layer, kept_in) if not step.foreign else None,
          p.kept[step.outputs[0]])
-    if step.layer in masks and not all(
-        np.array_equal(a, b) for a, b in zip(masks[step.layer], m)
+    if layer in masks and not all(
+        np.array_equal(a, b) for a, b in zip(masks[layer], m)
         if a is not None):
-      raise ValueError(f"Layer {step.layer.name!r} is called on tensors that "
+      raise ValueError(f"Layer {layer.name!r} is called on tensors that "
                        "keep different channels; shed() cannot split it.")
-    masks[step.layer] = m
+    masks[layer] = m
+    if step.rule == "select":
+      selects[layer] = (kept_in, m[1])
+    if layer in p.reads and not np.array_equal(m[0], kept_in):
+      # Its closed inputs stay in the tensor (a model input, a Flatten of
+      # pixels, a channel another layer reads): select what it reads.
+      gathers[layer, id(step.node)] = SelectChannels(
+          np.flatnonzero(m[0][kept_in]), axis=g.axes[step.inputs[0]],
+          name=_unique(f"{layer.name}_inputs", names))
 
   def clone(layer):
     m = masks.get(layer)
@@ -206,9 +285,14 @@ def shed(model):
       target = list(config["target_shape"])
       target[-1] = int(m[1].sum())
       config["target_shape"] = tuple(target)
+    if layer in selects:
+      config = layer.cut(*selects[layer])
     return surgery.copy_layer(layer, config)
 
-  cloned, pairs = surgery.rebuild(model, clone)
+  def before(layer, node):  # the gather in front of this call, if any
+    return gathers.get((layer, id(node)))
+
+  cloned, pairs = surgery.rebuild(model, clone, before=before)
   for old, new in pairs:
     if new is not old:
       _transfer(old, new, masks.get(old), p.fold.get(old))
@@ -231,6 +315,8 @@ def slicers(old, new, masks):
   m_in, m_out = masks if masks is not None else (None, None)
   kind = kinds.of(old)
   kernel = kind.kernel(old) if kind is not None else None
+  per_input = getattr(getattr(old, "compressor", None), "input_variables",
+                      list)()
   result = []
   for var, source in _pairs(old, new):
     cut = _identity
@@ -239,6 +325,8 @@ def slicers(old, new, masks):
     elif tuple(source.shape) != tuple(var.shape):
       if source is kernel:
         cut = lambda a: kind.cut_kernel(old, a, m_in, m_out)
+      elif any(source is v for v in per_input) and m_in is not None:
+        cut = lambda a: a[np.flatnonzero(m_in)]
       else:
         cut = _cut_changed_axis(old, source, var, m_out)
     result.append((var, source, cut))
@@ -275,6 +363,16 @@ def _cut_changed_axis(layer, source, var, keep):
 
 def _identity(a):
   return a
+
+
+def _unique(name, taken):
+  """`name`, or `name_1`, `name_2`... if a layer already has it."""
+  candidate, i = name, 0
+  while candidate in taken:
+    i += 1
+    candidate = f"{name}_{i}"
+  taken.add(candidate)
+  return candidate
 
 
 def _transfer(old, new, masks, fold):

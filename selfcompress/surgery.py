@@ -98,19 +98,32 @@ def input_name(tensor):
   return history.operation.name if history else tensor.name
 
 
-def rebuild(model, replace, name=None):
+def rebuild(model, replace, name=None, before=None):
   """A plain Functional copy of `model`'s graph with every layer replaced by
   `replace(layer)`. Nested graph models are rebuilt as nested models (same
   names, new input shapes), op nodes are re-applied as they are, and a layer
   called several times is replaced once, so weight sharing is kept.
 
+  `before(layer, node)`, if given, returns None or a layer (without
+  weights) that the copy applies to the first input of `layer`'s
+  replacement in the call `node` (`shed()` selects the channels a layer
+  still reads this way).
+
   Returns `(copy, pairs)`: the new model and the `(old, new)` layer pairs.
   """
   memo, pairs = {}, []
-  return _rebuild(model, replace, memo, pairs, None, name), pairs
+  return _rebuild(model, replace, memo, pairs, None, name, before), pairs
 
 
-def _rebuild(model, replace, memo, pairs, like, name):
+def _first_input(args, kwargs, apply):
+  """`(args, kwargs)` with `apply` applied to a layer call's first input."""
+  if args:
+    return (apply(args[0]),) + tuple(args[1:]), kwargs
+  key = "inputs" if "inputs" in kwargs else next(iter(kwargs))
+  return args, dict(kwargs, **{key: apply(kwargs[key])})
+
+
+def _rebuild(model, replace, memo, pairs, like, name, before=None):
   functional = functional_of(model)
   like = like or functional.inputs
   inputs = [keras.Input(batch_shape=tuple(l.shape), dtype=l.dtype,
@@ -120,16 +133,19 @@ def _rebuild(model, replace, memo, pairs, like, name):
 
   def call(node, op, ins, args, kwargs):
     if is_layer(op):
+      first = None if before is None else before(op, node)
       if id(op) not in memo:
         memo[id(op)] = replace(op)
         pairs.append((op, memo[id(op)]))
       op = memo[id(op)]
+      if first is not None:
+        args, kwargs = _first_input(args, kwargs, first)
     return op(*args, **kwargs)
 
   def nested(op, ins):
     key = ("model", id(op))
     if key not in memo:
-      memo[key] = _rebuild(op, replace, memo, pairs, ins, op.name)
+      memo[key] = _rebuild(op, replace, memo, pairs, ins, op.name, before)
     return keras.tree.flatten(memo[key](_pack(op, ins)))
 
   outputs, _ = walk(model, inputs, call, nested)

@@ -5,6 +5,7 @@ import inspect
 from selfcompress.compressors.base import ChannelCompressor
 from selfcompress.compressors.bits import BitDepth
 from selfcompress.compressors.gates import GatedBitDepth, HardConcreteGate
+from selfcompress.compressors.inputs import InputGates
 
 _REGISTRY = {
     "bits": BitDepth,
@@ -12,7 +13,13 @@ _REGISTRY = {
     "gates": HardConcreteGate,
     "hard_concrete": HardConcreteGate,
     "gates+bits": GatedBitDepth,
+    "input_gates": InputGates,
 }
+
+# Names of a class with preset arguments: input gates around each
+# per-output compressor ("inputs+" then the inner one's name).
+_PRESETS = {f"inputs+{name}": (InputGates, {"inner": name})
+            for name in ("bits", "gates", "gates+bits")}
 
 
 def register(name, cls):
@@ -37,11 +44,15 @@ def get(identifier, **overrides):
     return _construct(type(identifier),
                       {**identifier.get_config(), **overrides})
   if isinstance(identifier, str):
+    if identifier in _PRESETS:
+      cls, preset = _PRESETS[identifier]
+      return _construct(cls, {**preset, **overrides})
     cls = _REGISTRY.get(identifier)
     if cls is None:
       raise ValueError(
-          f"Unknown compressor {identifier!r}. Known: {sorted(_REGISTRY)}; "
-          "or pass a ChannelCompressor instance.")
+          f"Unknown compressor {identifier!r}. Known: "
+          f"{sorted(_REGISTRY) + sorted(_PRESETS)}; or pass a "
+          "ChannelCompressor instance.")
     return _construct(cls, overrides)
   if isinstance(identifier, dict) and "class_name" in identifier:
     classes = {c.__name__: c for c in _REGISTRY.values()}
@@ -68,5 +79,11 @@ def _construct(cls, config):
         f"{cls.__name__}(...).") from e
 
 
+def names():
+  """Every name `get()` takes."""
+  return sorted(_REGISTRY) + sorted(_PRESETS)
+
+
 __all__ = ["ChannelCompressor", "BitDepth", "GatedBitDepth",
-           "HardConcreteGate", "get", "serialize", "register"]
+           "HardConcreteGate", "InputGates", "get", "names", "serialize",
+           "register"]

@@ -6,6 +6,7 @@ from selfcompress.layers.conv import (
     Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose, Conv3D, Conv3DTranspose,
     DepthwiseConv1D, DepthwiseConv2D)
 from selfcompress.layers.core import Dense, EinsumDense, Embedding
+from selfcompress.layers.select import SelectChannels
 
 #: Every self-compressing layer class; `compress()` replaces each one's Keras
 #: parent with it.
@@ -16,5 +17,5 @@ ALL = (Dense, EinsumDense, Embedding, Conv1D, Conv2D, Conv3D, Conv1DTranspose, C
 #: channel graph follows: `shed()` keeps them whole).
 CONTAINERS = (MultiHeadAttention,)
 
-__all__ = (["CompressedLayer", "ALL", "CONTAINERS"]
+__all__ = (["CompressedLayer", "ALL", "CONTAINERS", "SelectChannels"]
            + [c.__name__ for c in ALL + CONTAINERS])

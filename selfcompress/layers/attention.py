@@ -3,6 +3,7 @@
 import keras
 
 from selfcompress import compressors
+from selfcompress.compressors.inputs import without_input_gates
 from selfcompress.layers import base
 from selfcompress.layers.core import EinsumDense
 
@@ -33,7 +34,10 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
   def __init__(self, *args, compressor="bits", min_channels=None, **kwargs):
     super().__init__(*args, **kwargs)
     overrides = {} if min_channels is None else {"min_channels": min_channels}
-    self.compressor = compressors.get(compressor, **overrides)
+    # The projections are kept whole (the channel graph does not follow
+    # them): input gates would have nothing to remove, so they get none.
+    self.compressor = without_input_gates(
+        compressors.get(compressor, **overrides))
     self.min_channels = min_channels
 
   def build(self, query_shape, value_shape, key_shape=None):

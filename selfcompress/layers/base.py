@@ -41,6 +41,9 @@ class CompressedLayer:
                        f"{why}. Use the plain Keras layer.")
     overrides = {} if min_channels is None else {"min_channels": min_channels}
     self.compressor = compressors.get(compressor, **overrides)
+    check = getattr(self.compressor, "check_layer", None)
+    if check is not None:  # e.g. input gates need one kernel input axis
+      check(self)
 
   @property
   def kind(self):
