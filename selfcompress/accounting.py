@@ -7,7 +7,10 @@ Storage rules (bits):
   * compressed layer: `sum_o storage_bits_o * fan_in_o` over alive output
     channels `o`, where `fan_in_o` counts only inputs fed by alive channels
     (times the kernel area); plus a float32 bias and the compressor's
-    per-channel parameters (bit depth, scale) for each alive channel.
+    per-channel parameters (bit depth, scale) for each alive channel. With
+    `storage="entropy"`, the weights instead take what the entropy coder
+    writes for those codes, frequency table included (`size()`: exact; in
+    the training step: the codes' ideal length, `compressors.coding`).
   * uncompressed Dense/Conv: 32 bits per weight on alive inputs, plus bias.
   * BatchNormalization: folded into a per-channel scale and shift at
     inference, 2 x 32 bits per alive channel.
@@ -28,6 +31,7 @@ from keras import ops
 from selfcompress import graph as graph_lib
 from selfcompress import kinds
 from selfcompress import surgery
+from selfcompress.compressors import coding
 from selfcompress.layers import CompressedLayer
 
 FLOAT_BITS = 32
@@ -124,18 +128,19 @@ class SizeReport:
     }
 
 
-def account(model, states=None):
+def account(model, states=None, input_states=None):
   """Per-layer size terms of `model` as tensors (usable in a train step).
 
   `states` optionally replaces the compressors' state (layer ->
-  `ChannelState`), e.g. to ask how small the model could get.
+  `ChannelState`), and `input_states` the input gates' (layer ->
+  `InputState`), e.g. to ask how small the model could get.
 
   Returns a dict of layer -> dict with the tensors `alive`, `fan_in`,
   `weight_bits`, `other_bits`, `penalty_bits` and the Python numbers
   `float_bits`, `weights_total`, `kind`.
   """
   g = graph_lib.ChannelGraph.of(model)
-  return _terms(g.layers, g.propagate(states))
+  return _terms(g.layers, g.propagate(states, input_states))
 
 
 def _terms(layers, flow):
@@ -158,7 +163,11 @@ def _terms(layers, flow):
       if isinstance(layer, CompressedLayer):
         state = flow.states[layer]
         t["weight_bits"] = ops.sum(state.storage_bits * fi * out_alive)
-        t["penalty_bits"] = ops.sum(state.penalty_bits * fi)
+        t["penalty_bits"] = ops.sum(
+            state.penalty_bits * flow.penalty_fan_in[layer])
+        if entropy_coded(layer):
+          t["weight_bits"], t["penalty_bits"] = _entropy_terms(
+              layer, flow, out_alive, t["weight_bits"], t["penalty_bits"])
       else:
         t["weight_bits"] = FLOAT_BITS * t["weights_alive"]
       t["other_bits"] = _channel_bits(layer, flow) * ops.sum(out_alive)
@@ -177,6 +186,43 @@ def _terms(layers, flow):
       continue
     terms[layer] = t
   return terms
+
+
+def entropy_coded(layer):
+  """Whether `layer` stores its codes entropy-coded (`storage="entropy"`)."""
+  return getattr(getattr(layer, "compressor", None), "storage",
+                 "fixed") == "entropy"
+
+
+def _entropy_terms(layer, flow, out_alive, fixed_bits, fixed_penalty):
+  """`(weight_bits, penalty_bits)` of an entropy-coded layer, as tensors.
+
+  `weight_bits` is the ideal coded length of its stored codes (alive
+  channels on alive inputs) with their table (`compressors.coding`);
+  `size()` replaces it by the coder's exact length. The penalty is the
+  fixed-width one scaled by what the coder takes of the fixed width on this
+  layer (held constant within the step): its value is the coded size, and
+  the bit depths and gates feel the pressure in proportion to what their
+  channels cost coded.
+  """
+  c = layer.compressor
+  kind = kinds.of(layer)
+  weight = c.broadcast(out_alive)
+  shape = kind.input_param_shape(layer) if hasattr(
+      kind, "input_param_shape") else None
+  in_alive = flow.in_alive.get(layer)
+  if shape is not None and in_alive is not None and (
+      int(in_alive.shape[0]) == int(np.prod(shape))):
+    gates = getattr(flow, "input_states", {}).get(layer)
+    if gates is not None:
+      in_alive = in_alive * gates.alive
+    weight = weight * ops.reshape(in_alive, shape)
+  else:  # inputs tied to outputs (depthwise) or not channels (embedding)
+    fan_in = flow.fan_in[layer]
+    weight = weight * c.broadcast(fan_in / float(kind.full_fan_in(layer)))
+  ideal = coding.bits(c.code_values(kind.kernel(layer)), weight)
+  saving = ops.stop_gradient(ideal / ops.maximum(fixed_bits, 1.0))
+  return ideal, saving * fixed_penalty
 
 
 # A BatchNormalization stores its scale and shift per alive channel (its
@@ -294,16 +340,19 @@ def step_totals(model, states=None):
   # bias and compressor parameters (a constant, or a tensor when a folded
   # bias may be added).
   storage, penalty, fan_in, alive, per_channel = [], [], [], [], []
+  penalty_fan_in = []  # differentiable in input gates (graph.Flow)
   segments = []
   norm_alive = []  # BatchNormalization: NORM_BITS per alive channel
   rest = []        # everything else, as account() has it
   for layer in g.layers:
-    if isinstance(layer, CompressedLayer) and layer in flow.fan_in:
+    if (isinstance(layer, CompressedLayer) and layer in flow.fan_in
+        and not entropy_coded(layer)):
       state = flow.states[layer]
       out_alive = flow.out_alive[layer]
       storage.append(state.storage_bits)
       penalty.append(state.penalty_bits)
       fan_in.append(flow.fan_in[layer])
+      penalty_fan_in.append(flow.penalty_fan_in[layer])
       alive.append(out_alive)
       segments.append(np.full(int(out_alive.shape[0]), len(per_channel),
                               "int32"))
@@ -323,7 +372,8 @@ def step_totals(model, states=None):
     alive_fan_in = fan_in * alive
     weight_bits = ops.sum(ops.concatenate(storage, axis=0) * alive_fan_in)
     penalty_bits.append(
-        ops.sum(ops.concatenate(penalty, axis=0) * fan_in))
+        ops.sum(ops.concatenate(penalty, axis=0)
+                * ops.concatenate(penalty_fan_in, axis=0)))
     per_layer_alive = ops.segment_sum(
         alive, np.concatenate(segments), num_segments=len(per_channel))
     if any(ops.is_tensor(b) for b in per_channel):  # folded biases
@@ -344,16 +394,63 @@ def step_totals(model, states=None):
 
 def minimum_bits(model):
   """The smallest size training can reach: every compressed layer down to
-  its `min_channels` (the first ones) at 1 bit per weight."""
+  its `min_channels` (the first ones) at 1 bit per weight, reading its
+  `min_inputs` (at least one) where it has input gates."""
   from selfcompress.compressors.base import ChannelState
-  states = {}
+  from selfcompress.compressors.inputs import InputState, input_state
+  states, inputs = {}, {}
   for layer in surgery.layers(model):
     if isinstance(layer, CompressedLayer):
       c = layer.compressor
       keep = np.zeros(c.num_channels, "float32")
       keep[:max(c.min_channels, 0)] = 1.0
       states[layer] = ChannelState(keep, keep, keep)
-  return float(totals(account(model, states))["bits"])
+      gates = input_state(c)
+      if gates is not None:
+        read = np.zeros(int(gates.alive.shape[0]), "float32")
+        read[:max(c.min_inputs, 1)] = 1.0
+        inputs[layer] = InputState(read, read)
+  return float(totals(account(model, states, inputs))["bits"])
+
+
+def _coded_weight_bits(layer, t):
+  """The exact weight bits of `layer`'s row (`t`: its `account()` terms)
+  if codes in it are entropy-coded (`storage="entropy"`), else None.
+
+  Such a layer's weights take the bytes `selfcompress.entropy` writes for
+  its stream: the codes of its alive channels on its alive inputs, in the
+  kernel's order (`selfcompress.codes.stored`), table included; its alive
+  channels too deep for codes (over `packing.MAX_BITS`) take their fixed
+  width, as in `account()`. A container (attention) sums its projections,
+  each with all its inputs, as `account()` counts them.
+  """
+  from selfcompress import codes as codes_lib
+  from selfcompress import entropy
+  if "fan_in" in t:
+    layers = [(layer, np.asarray(t["in_alive"]), np.asarray(t["alive"]),
+               np.asarray(t["fan_in"]))]
+  else:
+    layers = [(l, None, None, None) for l in _compressed_inside(layer)]
+  if not any(codes_lib.storage(l) == "entropy" for l, *_ in layers):
+    return None
+  bits = 0
+  for l, in_alive, out_alive, fan_in in layers:
+    state = l.compressor.state()
+    storage_bits = np.asarray(state.storage_bits).reshape(-1)
+    if out_alive is None:
+      out_alive = np.asarray(state.alive)
+      fan_in = np.full(out_alive.size, l.kind.full_fan_in(l))
+    alive = out_alive.reshape(-1) > 0
+    if codes_lib.storage(l) != "entropy":
+      bits += int(np.sum(storage_bits[alive] * fan_in[alive]))
+      continue
+    layer_codes = codes_lib.of(l)
+    mask = None if in_alive is None else codes_lib.input_mask(l, in_alive)
+    stream, _ = codes_lib.stored(layer_codes, mask, alive)
+    deep = alive & ~layer_codes.is_code
+    bits += entropy.coded_bits(stream) + int(np.sum(
+        storage_bits[deep] * fan_in[deep]))
+  return bits
 
 
 def size(model):
@@ -363,6 +460,9 @@ def size(model):
     alive = np.asarray(t["alive"])
     channels_alive = int(alive.sum())
     weight_bits = float(t["weight_bits"])
+    coded = _coded_weight_bits(layer, t)
+    if coded is not None:  # storage="entropy": what the coder writes
+      weight_bits = float(coded)
     if "fan_in" in t:
       in_alive = np.asarray(t["in_alive"])
       inputs_alive, inputs_total = int(in_alive.sum()), int(in_alive.size)

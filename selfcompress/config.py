@@ -62,10 +62,15 @@ DOCS = {
                  "gamma",
     "target_rate": "how fast gamma adapts towards target_kb",
     "compressor": "bits (learned bit depths) | gates (L0 gates, float32 "
-                  "weights) | gates+bits",
+                  "weights) | gates+bits | inputs+bits, inputs+gates, "
+                  "inputs+gates+bits (the same, plus L0 gates on each "
+                  "layer's inputs)",
     "compressor_per_layer": "per layer name: a compressor, or none "
                             "(uncompressed); --config.compressor_per_layer."
                             "LAYER=METHOD",
+    "storage": "how codes are stored and counted: fixed (ceil(b) bits per "
+               "weight) | entropy (entropy-coded per layer, table "
+               "included); bits and gates+bits only",
     "bits_init": "initial bit depth of every channel",
     "lr_multiplier": "learning rate of bit depths and exponents vs the "
                      "weights'",
@@ -141,6 +146,7 @@ def base():
   c.target_rate = 0.002
   c.compressor = "bits"
   c.compressor_per_layer = ml_collections.ConfigDict()
+  c.storage = "fixed"
   c.bits_init = 8.0
   c.lr_multiplier = 100.0
   c.log_alpha_init = 3.0

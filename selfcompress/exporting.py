@@ -1,9 +1,13 @@
 """Compact export: a SavedModel whose weights are the packed integer codes.
 
 `export(model, path)` sheds the dead channels, packs each alive channel's
-codes at its learned bit depth (`selfcompress.packing`), and writes a
-SavedModel that decodes them (`codes * 2^e`) once, when it is loaded, for
-its `serving_default` signature to use. Serving needs TensorFlow only.
+codes at its learned bit depth (`selfcompress.packing`), or for a layer
+whose compressor has `storage="entropy"` entropy-codes them in a stream of
+the layer's own (`selfcompress.entropy`), and writes a SavedModel that
+decodes them (`codes * 2^e`) once, when it is loaded, for its
+`serving_default` signature to use. Serving needs TensorFlow only. The
+codes come from `selfcompress.codes`, as LiteRT's and Keras' exports (which
+store them at fixed width whatever the layer's `storage`) take them.
 """
 
 import dataclasses
@@ -20,7 +24,8 @@ import numpy as np
 import tensorflow as tf  # the SavedModel format
 from keras import ops
 
-from selfcompress import accounting, kinds, packing, shedding, surgery
+from selfcompress import accounting, entropy, kinds, packing, shedding, surgery
+from selfcompress import codes as codes_lib
 from selfcompress.layers import CompressedLayer
 from selfcompress.layers.base import keras_parent
 
@@ -58,6 +63,7 @@ class ExportReport:
   compute: str = None              # LiteRT: "float", "dynamic", "integer"
   layers: tuple = ()               # a `StoredLayer` each (LiteRT, Keras)
   clamped_codes: int = 0           # LiteRT: -128 codes stored as -127
+  notes: tuple = ()                # remarks on the export as a whole
 
   @property
   def directory_bytes(self):
@@ -107,7 +113,22 @@ class ExportReport:
     if self.clamped_codes:
       lines.append(f"  {self.clamped_codes} code(s) of -128 stored as -127 "
                    "(integer kernels take symmetric int8)")
+    lines += [f"  note: {note}" for note in self.notes]
     return "\n".join(lines)
+
+
+def fixed_width_note(model, runtime):
+  """The notes of an export to `runtime` (LiteRT, Keras), which stores
+  every layer's codes at fixed width: which layers the accounting and the
+  SavedModel entropy-code instead (`storage="entropy"`)."""
+  names = [l.name for l in surgery.layers(model)
+           if codes_lib.storage(l) == "entropy"]
+  if not names:
+    return ()
+  return (f"{', '.join(names)}: storage='entropy', stored here at fixed "
+          f"width ({runtime} cannot decode entropy-coded weights); "
+          "selfcompress.size() and the SavedModel export entropy-code "
+          "them",)
 
 
 _COMPUTE = {
@@ -132,9 +153,13 @@ def _ratio(a, b):
 # nodes (~100 B each), each resource two functions. So the export stores
 # two variables whatever the model (`_Compact`): `packed` (uint8), each
 # packed kernel channel's bit depth, then every packed kernel's codes in one
-# bit stream (`selfcompress.packing`); and `floats`, the code channels'
-# scales, then every other weight. One subgraph decodes them into one
-# resource at load (`_DecodedWeights`), which the serving function reads.
+# bit stream (`selfcompress.packing`), then the entropy-coded layers'
+# streams (`selfcompress.entropy`, one after the other); and `floats`, the
+# code channels' scales, then every other weight. One subgraph decodes them
+# into one resource at load (`_DecodedWeights`), which the serving function
+# reads. Entropy-coded layers add one decoder for them all: a loop of at
+# most `entropy.LANE_SYMBOLS` steps (~0.2 s for 100k codes on a CPU) and
+# about 30 KB of graph, whatever the number of layers.
 
 # A channel's "bit depth" when its weights are stored as float32: a
 # compressor without codes, or one deeper than `packing.MAX_BITS`.
@@ -190,44 +215,75 @@ class _FoldedNorm(keras.layers.Layer):
 @dataclasses.dataclass(frozen=True)
 class _Kernel:
   """A compressed layer's kernel as the SavedModel stores it."""
-  codes: np.ndarray     # int64, the kernel's shape: 0 where not a code
-  widths: np.ndarray    # the codes' bit depths, the kernel's shape
+  codes: np.ndarray     # int64, the kernel's shape: 0 where not a packed code
+  widths: np.ndarray    # the packed codes' bit depths, the kernel's shape
   bits: np.ndarray      # per channel: 0 dead, 1 to MAX_BITS, or _FLOAT_BITS
   scales: np.ndarray    # float32, one per code channel (1 to MAX_BITS bits)
   floats: np.ndarray    # float32, the float32-stored channels' weights
   blocks: list          # (inner, dim, stride) per run of channel axes
+  stream: bytes = b""   # storage="entropy": the code channels' codes, coded
+  count: int = 0        # how many codes `stream` holds
+  entropy: bool = False  # whether the codes are in `stream`, not packed
+  inputs: np.ndarray = None  # the stream's inputs, if not all (bool)
+  values: np.ndarray = None  # the kernel as stored (0 where nothing is)
+  input_axis: tuple = None  # (inner, dim, channels per group)
 
 
-def _packed_kernel(layer, q):
+def _packed_kernel(layer, q, liveness=None):
   """The `_Kernel` of the compressed `layer`, whose effective kernel is `q`.
 
   Codes stay in the kernel's own element order, so the decoded stream is
   the kernel with no transpose or gather: each element's channel (hence its
   bit depth and scale) follows from its position
-  (`_Compact.channel_of_elements`).
+  (`_Compact.channel_of_elements`). A layer whose compressor has
+  `storage="entropy"` keeps its code channels' codes, in that order, in an
+  entropy-coded stream of its own (`selfcompress.entropy`) instead: given
+  `liveness` (`_stream_liveness`), those of the channels and inputs that the
+  accounting counts, as `selfcompress.size()` counts the stream; the other
+  weights are 0 (they read only inputs that are constantly 0).
   """
   c = layer.compressor
-  state = c.state()
-  alive = np.asarray(state.alive).reshape(-1) > 0
   param_shape = layer.kind.param_shape(layer)
+  if c.stores_codes:
+    layer_codes = codes_lib.of(layer, q)
+    alive, codes = layer_codes.alive, layer_codes.codes
+    bits = np.where(layer_codes.bits > packing.MAX_BITS, _FLOAT_BITS,
+                    layer_codes.bits)
+    scale = layer_codes.scale
+  else:
+    alive = np.asarray(c.state().alive).reshape(-1) > 0
+    bits = np.where(alive, _FLOAT_BITS, 0)
+    scale = np.ones(alive.size, np.float32)
+    codes = np.zeros(q.shape, np.int64)
   channel = np.broadcast_to(
       np.arange(alive.size).reshape(param_shape), q.shape)
-  if c.stores_codes:
-    bits = np.asarray(state.storage_bits).reshape(-1).astype(np.int64)
-    bits = np.where(bits > packing.MAX_BITS, _FLOAT_BITS, bits)
-    scale = np.asarray(c.scale(), np.float32).reshape(-1)
-  else:
-    bits = np.full(alive.size, _FLOAT_BITS)
-    scale = np.ones(alive.size, np.float32)
-  bits = np.where(alive, bits, 0)
   is_code = (bits > 0) & (bits <= packing.MAX_BITS)
-  # The scale includes any gate folded into it (0 where a gate is closed).
-  codes = np.rint(q / np.where(is_code, scale, 1.0)[channel])
-  codes = np.where(is_code[channel], codes, 0).astype(np.int64)
-  widths = np.where(is_code, bits, 0)[channel]
-  return _Kernel(codes, widths, bits, scale[is_code],
-                 q[(bits == _FLOAT_BITS)[channel]].astype(np.float32),
-                 _blocks(q.shape, param_shape))
+  codes = np.where(is_code[channel], codes, 0)
+  floats = q[(bits == _FLOAT_BITS)[channel]].astype(np.float32)
+  blocks = _blocks(q.shape, param_shape)
+  if codes_lib.storage(layer) == "entropy":
+    inputs = axis = None
+    mask = is_code[channel]
+    if liveness is not None:
+      in_alive, out_alive = liveness
+      bits = np.where(out_alive, bits, 0)
+      is_code = (bits > 0) & (bits <= packing.MAX_BITS)
+      floats = q[(bits == _FLOAT_BITS)[channel]].astype(np.float32)
+      mask = is_code[channel]
+      where, groups = codes_lib.input_axis(layer)
+      if where is not None and not in_alive.all():
+        inputs = in_alive
+        mask = mask & codes_lib.input_mask(layer, in_alive)
+        axis = (math.prod(q.shape[where + 1:]), q.shape[where],
+                out_alive.size // groups)
+    coded = codes[mask]
+    values = np.where(mask | (bits == _FLOAT_BITS)[channel], q, 0)
+    return _Kernel(np.zeros_like(codes), np.zeros_like(codes), bits,
+                   scale[is_code], floats, blocks, stream=entropy.encode(coded),
+                   count=int(coded.size), entropy=True, inputs=inputs,
+                   input_axis=axis, values=values.astype(q.dtype))
+  return _Kernel(codes, np.where(is_code, bits, 0)[channel], bits,
+                 scale[is_code], floats, blocks, values=q)
 
 
 def _blocks(shape, param_shape):
@@ -261,7 +317,8 @@ class _Compact:
   flat, one after the other; the other variables are `constants`.
   """
   model: keras.Model
-  packed: np.ndarray    # uint8: `channels` bit depths, then the codes
+  packed: np.ndarray    # uint8: `channels` bit depths, the packed codes,
+                        # then the entropy-coded streams
   channels: int         # packed kernel channels, all kernels together
   floats: np.ndarray    # float32: scales, float32-stored kernel weights, rest
   scales: int           # how many of `floats` are scales
@@ -269,6 +326,17 @@ class _Compact:
   layout: np.ndarray    # int64, a row per packed kernel: size, then blocks
   weights: list
   constants: list       # (variable, value): the other variables
+  # storage="entropy": whether each packed kernel's codes are in a stream,
+  # the packed codes' bytes, and each stream's (start after them, codes).
+  entropy: tuple = ()
+  packed_code_bytes: int = 0
+  streams: tuple = ()
+  # Entropy-coded kernels with dead inputs: which inputs each one's stream
+  # covers (one after the other, after a True for every other kernel), and
+  # a row per packed kernel: where its inputs start, and how an element's
+  # input follows from its position (inner, dim, channels per group).
+  inputs: np.ndarray = None
+  input_layout: np.ndarray = None
 
   @property
   def kernel_bytes(self):
@@ -278,10 +346,10 @@ class _Compact:
     return np.concatenate([self.packed[self.channels:], self.floats[
         start:start + self.kernel_floats].view(np.uint8)])
 
-  def channel_of_elements(self, gather):
-    """Each packed kernel element's channel, numbered over all the packed
-    kernels: vectorised over the elements, from a few numbers per kernel
-    (a scalar where the kernels agree, as `inner` and `stride` mostly do)."""
+  def _elements(self, gather):
+    """`(per_kernel, position)`: a function giving each packed kernel
+    element a value per kernel (from an array of them), and each element's
+    position in its kernel."""
     sizes = self.layout[:, 0]
     ends = np.cumsum(sizes)
     index = tf.int64 if ends[-1] >= 2 ** 31 else tf.int32
@@ -292,13 +360,32 @@ class _Compact:
           values=tf.reshape(position, [1, -1]), out_type=index), [-1])
 
     def per_kernel(values):
+      values = np.asarray(values)
       if (values == values[0]).all():
         return tf.constant(values[0], index)
       return gather(tf.constant(values, index), kernel)
 
+    return per_kernel, position - per_kernel(ends - sizes)
+
+  def input_alive(self, gather, channel, elements=None):
+    """Whether each packed kernel element reads an input that its kernel's
+    stream covers (entropy-coded kernels with dead inputs)."""
+    per_kernel, position = elements or self._elements(gather)
+    channels = np.prod(self.layout[:, 2::3], axis=1)
+    local = channel - per_kernel(np.cumsum(channels) - channels)
+    start, inner, dim, group = (self.input_layout[:, i] for i in range(4))
+    inputs = (local // per_kernel(group) * per_kernel(dim)
+              + position // per_kernel(inner) % per_kernel(dim))
+    return gather(tf.constant(self.inputs), per_kernel(start) + inputs)
+
+  def channel_of_elements(self, gather, elements=None):
+    """Each packed kernel element's channel, numbered over all the packed
+    kernels: vectorised over the elements, from a few numbers per kernel
+    (a scalar where the kernels agree, as `inner` and `stride` mostly do).
+    `elements`: `_elements(gather)`, if made already."""
+    per_kernel, position = elements or self._elements(gather)
     channels = np.prod(self.layout[:, 2::3], axis=1)
     channel = per_kernel(np.cumsum(channels) - channels)
-    position -= per_kernel(ends - sizes)
     for b in range(1, self.layout.shape[1], 3):
       inner, dim, stride = (self.layout[:, b + i] for i in range(3))
       if (dim == 1).all():
@@ -326,7 +413,8 @@ class _Compact:
     if not len(self.layout):
       return rest
     bits, codes = tf.split(packed, [self.channels, -1])
-    channel = self.channel_of_elements(gather)
+    elements = self._elements(gather)
+    channel = self.channel_of_elements(gather, elements)
     bits = tf.cast(bits, tf.int32)
     width = gather(bits, channel)
     is_code = tf.cast(bits, tf.bool)
@@ -334,7 +422,27 @@ class _Compact:
       stored_float = tf.equal(width, _FLOAT_BITS)
       width = tf.where(stored_float, 0, width)
       is_code = tf.logical_and(is_code, bits <= packing.MAX_BITS)
-    values = tf.cast(packing.unpack(codes, width, gather), tf.float32)
+    if any(self.entropy):
+      # The code channels of entropy-coded kernels take their codes, in
+      # order, from the streams (decoded all at once); the others' are
+      # packed.
+      codes, coded = tf.split(codes, [self.packed_code_bytes, -1])
+      in_coded = tf.cast(elements[0](np.array(self.entropy, np.int64)),
+                         tf.bool)
+      width = tf.where(in_coded, 0, width)
+      in_stream = tf.logical_and(in_coded, gather(is_code, channel))
+      if self.inputs is not None:
+        in_stream = tf.logical_and(
+            in_stream, self.input_alive(gather, channel, elements))
+      values = packing.unpack(codes, width, gather)
+      rank = tf.cumsum(tf.cast(in_stream, tf.int32), exclusive=True)
+      streams = entropy.decode_tf(coded, self.streams)
+      last = max(sum(n for _, n in self.streams) - 1, 0)
+      values = tf.where(in_stream, gather(
+          streams, tf.minimum(rank, last)), values)
+      values = tf.cast(values, tf.float32)
+    else:
+      values = tf.cast(packing.unpack(codes, width, gather), tf.float32)
     # Each channel's scale: the next stored one if it has codes, else 0.
     rank = tf.cumsum(tf.cast(is_code, tf.int32), exclusive=True)
     scale = gather(tf.concat([scales, [0.0]], 0),
@@ -366,12 +474,14 @@ def _compact(small):
 
   model, made = surgery.rebuild(small, twin)
   kernels = {}
+  liveness = _stream_liveness(small)
   for old, new in made:
     if isinstance(old, CompressedLayer):
       q, b = (None if w is None else np.asarray(w)
               for w in old.effective_weights())
-      new.set_weights([q] + ([] if b is None else [b]))
-      kernels[id(kinds.of(new).kernel(new))] = _packed_kernel(old, q)
+      part = _packed_kernel(old, q, liveness.get(old))
+      new.set_weights([part.values] + ([] if b is None else [b]))
+      kernels[id(kinds.of(new).kernel(new))] = part
     elif isinstance(new, _FoldedNorm):
       new.fold(old)
     elif new is not old:
@@ -398,8 +508,22 @@ def _compact(small):
   bits = joined([p.bits for p in parts], np.uint8)
   codes = packing.pack(joined([p.codes for p in parts], np.int64),
                        joined([p.widths for p in parts], np.int64))
+  coded = [p for p in parts if p.entropy]
+  starts = np.cumsum([0] + [len(p.stream) for p in coded])
+  streams = np.frombuffer(b"".join(p.stream for p in coded), np.uint8)
+  inputs = input_layout = None
+  if any(p.inputs is not None for p in parts):
+    masks = [np.ones(1, bool)] + [p.inputs for p in parts
+                                  if p.inputs is not None]
+    at = np.cumsum([m.size for m in masks]) - [m.size for m in masks]
+    at = iter(at[1:])
+    inputs = np.concatenate(masks)
+    input_layout = np.array(
+        [(next(at), *p.input_axis) if p.inputs is not None
+         else (0, 1, 1, 1 << 30) for p in parts], np.int64)
   return _Compact(
-      model=model, packed=np.concatenate([bits, codes]), channels=bits.size,
+      model=model, packed=np.concatenate([bits, codes, streams]),
+      channels=bits.size,
       floats=np.concatenate([scales, kernel_floats,
                              joined(floating, np.float32)]),
       scales=scales.size, kernel_floats=kernel_floats.size,
@@ -407,7 +531,62 @@ def _compact(small):
           len(parts), 1 + 3 * blocks),
       weights=packed + floating,
       constants=[(v, np.asarray(v)) for v in rest
-                 if all(v is not f for f in floating)])
+                 if all(v is not f for f in floating)],
+      entropy=tuple(p.entropy for p in parts), packed_code_bytes=codes.size,
+      streams=tuple((int(a), p.count) for a, p in zip(starts, coded)),
+      inputs=inputs, input_layout=input_layout)
+
+
+def _stream_liveness(small):
+  """The accounting's liveness of each entropy-coded layer of the shed
+  model `small`: `(inputs, channels)`, 0/1 vectors, the ones whose codes
+  its stream holds, as `selfcompress.size()` counts them.
+
+  `shed()` keeps some dead channels (a grouped or depthwise convolution's
+  whole groups, channels a later layer reads through padding, those
+  `min_channels` holds), and a layer's closed input gates leave inputs
+  that others read: the weights of the layer on them are then stored as 0,
+  which is exact where they are 0 or read a channel that is constantly 0.
+  Where one is not (a dead channel's non-zero constant reaches the layer
+  through it), the layer is left out: its stream holds every code of its
+  alive channels, more than the accounting counts.
+  """
+  layers = [l for l in surgery.layers(small) if isinstance(
+      l, CompressedLayer) and codes_lib.storage(l) == "entropy"]
+  if not layers:
+    return {}
+  from selfcompress import graph as graph_lib
+  terms = accounting.account(small)
+  g = graph_lib.ChannelGraph.of(small)
+  values, found = None, {}
+  for layer in layers:
+    t = terms.get(layer)
+    if t is None or "in_alive" not in t:
+      continue
+    inputs = np.asarray(t["in_alive"]).reshape(-1) > 0
+    channels = np.asarray(t["alive"]).reshape(-1) > 0
+    layer_codes = codes_lib.of(layer)
+    kept = codes_lib.stored(layer_codes, codes_lib.input_mask(
+        layer, inputs), channels)[1]
+    dropped = layer_codes.is_code[layer_codes.channel] & ~kept
+    dropped &= layer_codes.codes != 0
+    if dropped.any():
+      if values is None:  # dead channels' constants, as shed() finds them
+        values = shedding._probe(small, g)
+      zero = np.ones(inputs.size, bool)  # inputs constantly 0 throughout
+      for step in g.steps:
+        if step.layer is layer and step.inputs:
+          value = values.get(step.inputs[0])
+          axis = g.axes[step.inputs[0]]
+          if value is None or value.shape[axis] != inputs.size:
+            zero[:] = False
+          else:
+            zero &= ~np.moveaxis(value, axis, -1).reshape(
+                -1, inputs.size).any(axis=0)
+      if np.any(dropped & ~codes_lib.input_mask(layer, zero)):
+        continue
+    found[layer] = (inputs, channels)
+  return found
 
 
 def _float_twin(layer):

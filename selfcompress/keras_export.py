@@ -37,6 +37,7 @@ from keras.quantizers import (Int4QuantizationConfig, Int8QuantizationConfig,
                               pack_int4)
 
 from selfcompress import checkpoint, exporting, shedding, surgery
+from selfcompress import codes as codes_lib
 from selfcompress.layers import CompressedLayer
 from selfcompress.layers.attention import MultiHeadAttention
 from selfcompress.layers.base import COMPRESSION_ARGS, keras_parent
@@ -100,7 +101,8 @@ def export(model, path, size):
       float32_accounting_bytes=size.float_bits / 8,
       dense_float32_bytes=dense_total, dense_weight_bytes=dense_weights,
       layers=tuple(exporting.StoredLayer(r["layer"], r["stored"], "-", r["why"])
-                   for r in layers))
+                   for r in layers),
+      notes=exporting.fixed_width_note(model, "Keras"))
 
 
 def stored_as(path):
@@ -237,7 +239,9 @@ def _max_bits(state):
 
 
 def codes(layer):
-  """The integer codes of a compressed layer whose compressor stores codes.
+  """The integer codes of a compressed layer whose compressor stores codes
+  (`selfcompress.codes`; a Keras export stores them at fixed width,
+  whatever the layer's `storage`).
 
   Returns:
     `(codes, scale, bits)`: the codes (int64, the kernel's shape, 0 on dead
@@ -246,15 +250,8 @@ def codes(layer):
     quantized kernel; and the most bits an alive channel takes (0 if none
     is alive).
   """
-  c = layer.compressor
-  kernel = np.asarray(layer.effective_weights()[0])
-  state = c.state()
-  alive = np.asarray(state.alive) > 0
-  param_shape = layer.kind.param_shape(layer)
-  scale = np.where(alive, np.asarray(c.scale()), 1.0).reshape(param_shape)
-  live = alive.reshape(param_shape)
-  values = np.where(live, np.rint(kernel / scale), 0.0).astype(np.int64)
-  return values, np.broadcast_to(scale, kernel.shape), _max_bits(state)
+  layer_codes = codes_lib.of(layer)
+  return layer_codes.codes, layer_codes.step(), layer_codes.max_bits()
 
 
 def _plan(layer):

@@ -47,6 +47,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from selfcompress import checkpoint, exporting, native_logs, shedding
+from selfcompress import codes as codes_lib
 from selfcompress.exporting import StoredLayer
 from selfcompress.layers import CompressedLayer
 
@@ -74,24 +75,16 @@ class LayerCodes:
 
 
 def layer_codes(model):
-  """`LayerCodes` of every compressed layer of `model` that stores codes."""
+  """`LayerCodes` of every compressed layer of `model` that stores codes
+  (`selfcompress.codes`; LiteRT stores them at fixed width, whatever the
+  layer's `storage`)."""
   found = []
   for layer in exporting.surgery.layers(model):
     if not isinstance(layer, CompressedLayer) or not layer.compressor.stores_codes:
       continue
-    c = layer.compressor
-    q = np.asarray(layer.effective_weights()[0])
-    state = c.state()
-    alive = np.asarray(state.alive) > 0
-    scale = np.asarray(c.scale(), np.float32).reshape(-1)
-    shape = layer.kind.param_shape(layer)
-    axes = [i for i, d in enumerate(shape) if d != 1]
-    rest = [i for i in range(q.ndim) if i not in axes]
-    rows = np.transpose(q, axes + rest).reshape(c.num_channels, -1)
-    codes = np.rint(rows / np.where(alive, scale, 1.0)[:, None])
-    codes[~alive] = 0
-    bits = np.where(alive, np.asarray(state.storage_bits), 0).astype(int)
-    found.append(LayerCodes(layer.name, codes.astype(np.int64), scale, bits))
+    layer_codes_ = codes_lib.of(layer)
+    found.append(LayerCodes(layer.name, layer_codes_.rows(),
+                            layer_codes_.scale, layer_codes_.bits))
   return found
 
 
@@ -557,7 +550,8 @@ def export(model, path, size, weights="codes", compute="float",
       dense_float32_bytes=len(dense),
       dense_weight_bytes=_litert_buffer_bytes(dense),
       compute=compute if weights == "codes" else None,
-      layers=tuple(stored), clamped_codes=clamped)
+      layers=tuple(stored), clamped_codes=clamped,
+      notes=exporting.fixed_width_note(model, "LiteRT"))
 
   def write(tmp):
     with open(tmp, "wb") as f:

@@ -33,6 +33,10 @@ COMPRESSORS = {
     "bits": sc.compressors.BitDepth,
     "gates": sc.compressors.HardConcreteGate,
     "gates+bits": sc.compressors.GatedBitDepth,
+    # The same with per-input gates (which inputs each layer reads).
+    "inputs+bits": sc.compressors.InputGates,
+    "inputs+gates": sc.compressors.InputGates,
+    "inputs+gates+bits": sc.compressors.InputGates,
 }
 
 
@@ -69,6 +73,8 @@ def validate(config):
       bad(field, "must be > 0")
   if not math.isfinite(config.log_alpha_init):
     bad("log_alpha_init", "must be a finite number (3.0: gates start open)")
+  if config.storage not in sc.compressors.BitDepth.STORAGE:
+    bad("storage", f"must be one of {sc.compressors.BitDepth.STORAGE}")
   if config.compressor not in COMPRESSORS:
     bad("compressor", f"must be one of {sorted(COMPRESSORS)}")
   for name, method in config.compressor_per_layer.items():
@@ -181,12 +187,19 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
 
 def compressor(config, method):
   """The `ChannelCompressor` named `method`, with the config's settings."""
-  bits = dict(bits_init=config.bits_init, lr_multiplier=config.lr_multiplier)
+  bits = dict(bits_init=config.bits_init, lr_multiplier=config.lr_multiplier,
+              storage=config.storage)
   # The gate noise is seeded from Keras' global seed (set from config.seed),
   # a different stream per layer.
   gates = dict(log_alpha_init=config.log_alpha_init,
                gate_lr_multiplier=config.gate_lr_multiplier)
   kwargs = {"bits": bits, "gates": gates, "gates+bits": {**bits, **gates}}
+  if method.startswith("inputs+"):
+    inner = method[len("inputs+"):]
+    return sc.compressors.get(method, **kwargs[inner],
+                              input_log_alpha_init=config.log_alpha_init,
+                              input_gate_lr_multiplier=(
+                                  config.gate_lr_multiplier))
   return COMPRESSORS[method](**kwargs[method])
 
 

@@ -35,18 +35,31 @@ class BitDepth(base.ChannelCompressor):
     held_bits: bit depth given to channels that `min_channels` keeps alive
       after the penalty drove them below it.
     min_channels: channels kept alive whatever the penalty says.
+    storage: how the codes are stored, the size accounting's rule for this
+      layer. `"fixed"`: `ceil(b)` bits per weight. `"entropy"`: the layer's
+      codes entropy-coded with a per-layer frequency table (table included
+      in the count); the penalty is then a differentiable estimate of that
+      coded size (Oktay et al., "Scalable Model Compression by Entropy
+      Penalized Reparameterization", ICLR 2020).
 
   References:
     Cséfalvay & Imber, "Self-Compressing Neural Networks", arXiv 2301.13142.
   """
+
+  #: The storage rules `storage` takes.
+  STORAGE = ("fixed", "entropy")
 
   #: Per alive channel: the bit depth as uint8 and the scale 2^e as float32.
   overhead_bits_per_channel = 8 + 32
   stores_codes = True
 
   def __init__(self, bits_init=8.0, lr_multiplier=100.0, held_bits=2.0,
-               min_channels=0):
+               min_channels=0, storage="fixed"):
     super().__init__(min_channels=min_channels)
+    if storage not in self.STORAGE:
+      raise ValueError(f"`storage` must be one of {self.STORAGE}. "
+                       f"Received: storage={storage!r}")
+    self.storage = storage
     if not bits_init > 1:
       raise ValueError(
           "`bits_init` must be > 1 (a 1-bit grid has no positive level to "
@@ -138,6 +151,15 @@ class BitDepth(base.ChannelCompressor):
     return ops.round(ops.minimum(ops.maximum(x, -half), half - 1.0)), \
         ops.power(2.0, e)
 
+  def code_values(self, kernel):
+    """The codes before rounding, `clip(w / 2^e, -2^(b-1), 2^(b-1) - 1)`,
+    what the entropy-coded size estimate (`compressors.coding`) bins."""
+    b = self.broadcast(self.bits())
+    half = ops.power(2.0, b - 1.0)
+    x = ops.multiply(ops.cast(kernel, "float32"),
+                     ops.power(2.0, -self.broadcast(self.exponent())))
+    return ops.minimum(ops.maximum(x, -half), half - 1.0)
+
   def apply(self, kernel, bias, training=False):
     bits = self.bits()
     alive = ops.cast(ops.greater(bits, 0.0), "float32")
@@ -161,6 +183,7 @@ class BitDepth(base.ChannelCompressor):
         "bits_init": self.bits_init,
         "lr_multiplier": self.lr_multiplier,
         "held_bits": self.held_bits,
+        "storage": self.storage,
         **super().get_config(),
     }
 

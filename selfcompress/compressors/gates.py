@@ -219,7 +219,7 @@ class GatedBitDepth(_Gates, BitDepth):
   folded into its scale), and the penalty is `P(z_o != 0) * max(b_o, 0)`.
 
   Args:
-    bits_init, lr_multiplier, held_bits: as for `BitDepth`.
+    bits_init, lr_multiplier, held_bits, storage: as for `BitDepth`.
     log_alpha_init, gate_lr_multiplier, seed: as for `HardConcreteGate`.
     min_channels: channels kept alive whatever the penalty says: the
       strongest gates among channels that would die are held open with at
@@ -228,9 +228,10 @@ class GatedBitDepth(_Gates, BitDepth):
 
   def __init__(self, bits_init=8.0, lr_multiplier=100.0, held_bits=2.0,
                log_alpha_init=3.0, gate_lr_multiplier=10.0, seed=None,
-               min_channels=0):
+               min_channels=0, storage="fixed"):
     super().__init__(bits_init=bits_init, lr_multiplier=lr_multiplier,
-                     held_bits=held_bits, min_channels=min_channels)
+                     held_bits=held_bits, min_channels=min_channels,
+                     storage=storage)
     self._init_gates(log_alpha_init, gate_lr_multiplier, seed)
 
   def build(self, layer, kernel, param_shape):
