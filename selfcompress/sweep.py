@@ -29,6 +29,11 @@ def run_sweep(config, workdir, gammas, seeds=(0,), dense=True):
   """
   if not gammas:
     raise ConfigError("Give at least one gamma to sweep (--gammas).")
+  if config.target_kb is not None:
+    raise ConfigError(
+        f"Bad config value: target_kb={config.target_kb}: a sweep varies "
+        "gamma, which a size budget overrides (every run would land on "
+        "it); set --config.target_kb=None.")
   if tuple(config.metrics)[:1] != ("accuracy",):
     raise ConfigError(
         f"Bad config value: metrics={tuple(config.metrics)!r}: a sweep plots "
