@@ -26,7 +26,6 @@ def is_regression(loss):
 def validate(loss, metrics):
   """Raises `ConfigError` for a loss or metric that Keras does not know, or
   that does not fit the task."""
-  import keras
   if loss not in LOSSES:
     raise ConfigError(
         f"Bad config value: loss={loss!r}: must be one of {LOSSES} "
@@ -37,19 +36,28 @@ def validate(loss, metrics):
     raise ConfigError(
         f"Bad config value: metrics={metrics!r}: give a tuple of Keras metric "
         "names, the first reported, e.g. ('accuracy',) or ('mae', 'mse').")
+  known = _metric_names()
   for name in metrics:
-    try:
-      keras.metrics.get(name)
-    except ValueError as e:
+    if name not in known:
       raise ConfigError(
           f"Bad config value: metrics={tuple(metrics)!r}: Keras does not "
-          f"know the metric {name!r} ({e}); use a name from keras.metrics, "
-          "e.g. 'accuracy', 'mae', 'mse', 'root_mean_squared_error'.") from e
+          f"know the metric {name!r}; use a name from keras.metrics, "
+          "e.g. 'accuracy', 'mae', 'mse', 'root_mean_squared_error'.")
     if is_regression(loss) and name in _CLASS_METRICS:
       raise ConfigError(
           f"Bad config value: metrics={tuple(metrics)!r}: {name!r} counts "
           f"correct classes, which real-valued targets (loss={loss!r}) do not "
           "have; use e.g. metrics=('mae',).")
+
+
+def _metric_names():
+  """The names `keras.metrics.get` resolves. Read from Keras' table, not by
+  calling `get()`: that builds the metric, whose variables start
+  TensorFlow's runtime, after which `cpu_devices` and multi-worker
+  collectives can no longer be configured (validation runs first). The one
+  private Keras name this module uses."""
+  from keras.src.metrics import ALL_OBJECTS_DICT
+  return set(ALL_OBJECTS_DICT)
 
 
 def keras_loss(loss):
