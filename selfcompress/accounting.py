@@ -28,6 +28,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from selfcompress import codes as codes_lib
+from selfcompress import entropy
 from selfcompress import graph as graph_lib
 from selfcompress import kinds
 from selfcompress import surgery
@@ -165,7 +167,7 @@ def _terms(layers, flow):
         t["weight_bits"] = ops.sum(state.storage_bits * fi * out_alive)
         t["penalty_bits"] = ops.sum(
             state.penalty_bits * flow.penalty_fan_in[layer])
-        if entropy_coded(layer):
+        if _entropy_coded(layer):
           t["weight_bits"], t["penalty_bits"] = _entropy_terms(
               layer, flow, out_alive, t["weight_bits"], t["penalty_bits"])
       else:
@@ -188,17 +190,16 @@ def _terms(layers, flow):
   return terms
 
 
-def entropy_coded(layer):
-  """Whether `layer` stores its codes entropy-coded (`storage="entropy"`)."""
-  return getattr(getattr(layer, "compressor", None), "storage",
-                 "fixed") == "entropy"
+def _entropy_coded(layer):
+  return codes_lib.storage(layer) == "entropy"
 
 
 def _entropy_terms(layer, flow, out_alive, fixed_bits, fixed_penalty):
   """`(weight_bits, penalty_bits)` of an entropy-coded layer, as tensors.
 
   `weight_bits` is the ideal coded length of its stored codes (alive
-  channels on alive inputs) with their table (`compressors.coding`);
+  channels on alive inputs, `Kind.input_mask`) with their table
+  (`compressors.coding`);
   `size()` replaces it by the coder's exact length. The penalty is the
   fixed-width one scaled by what the coder takes of the fixed width on this
   layer (held constant within the step): its value is the coded size, and
@@ -207,20 +208,9 @@ def _entropy_terms(layer, flow, out_alive, fixed_bits, fixed_penalty):
   """
   c = layer.compressor
   kind = kinds.of(layer)
-  weight = c.broadcast(out_alive)
-  shape = kind.input_param_shape(layer) if hasattr(
-      kind, "input_param_shape") else None
-  in_alive = flow.in_alive.get(layer)
-  if shape is not None and in_alive is not None and (
-      int(in_alive.shape[0]) == int(np.prod(shape))):
-    gates = getattr(flow, "input_states", {}).get(layer)
-    if gates is not None:
-      in_alive = in_alive * gates.alive
-    weight = weight * ops.reshape(in_alive, shape)
-  else:  # inputs tied to outputs (depthwise) or not channels (embedding)
-    fan_in = flow.fan_in[layer]
-    weight = weight * c.broadcast(fan_in / float(kind.full_fan_in(layer)))
-  ideal = coding.bits(c.code_values(kind.kernel(layer)), weight)
+  weight = c.broadcast(out_alive) * kind.input_mask(layer,
+                                                   flow.in_alive[layer])
+  ideal = coding.bits(c.codes(kind.kernel(layer))[0], weight)
   saving = ops.stop_gradient(ideal / ops.maximum(fixed_bits, 1.0))
   return ideal, saving * fixed_penalty
 
@@ -346,7 +336,7 @@ def step_totals(model, states=None):
   rest = []        # everything else, as account() has it
   for layer in g.layers:
     if (isinstance(layer, CompressedLayer) and layer in flow.fan_in
-        and not entropy_coded(layer)):
+        and not _entropy_coded(layer)):
       state = flow.states[layer]
       out_alive = flow.out_alive[layer]
       storage.append(state.storage_bits)
@@ -424,8 +414,6 @@ def _coded_weight_bits(layer, t):
   width, as in `account()`. A container (attention) sums its projections,
   each with all its inputs, as `account()` counts them.
   """
-  from selfcompress import codes as codes_lib
-  from selfcompress import entropy
   if "fan_in" in t:
     layers = [(layer, np.asarray(t["in_alive"]), np.asarray(t["alive"]),
                np.asarray(t["fan_in"]))]

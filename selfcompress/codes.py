@@ -98,32 +98,9 @@ def storage(layer):
 
 
 def input_axis(layer):
-  """`(axis, groups)`: the kernel axis that indexes `layer`'s input
-  channels (None if it reads all its input, as an Embedding does), and the
-  number of groups its inputs are split into (a grouped convolution's
-  kernel holds one group's inputs on that axis; output channel `o` reads
-  group `o // (channels / groups)`).
-
-  Found with the layer kind's own `cut_kernel` (what shedding cuts the
-  kernel with): the axis that loses an element when an input goes.
-  """
-  kind = kinds.of(layer)
-  shape = tuple(kind.kernel(layer).shape)
-  groups = int(getattr(layer, "groups", 1) or 1)
-  if groups > 1:  # (Conv: `(*kernel_size, in / groups, filters)`)
-    return len(shape) - 2, groups
-  index = np.arange(int(np.prod(shape))).reshape(shape)
-  every_output = np.ones(kind.channels(layer), bool)
-  for axis, n in enumerate(shape):
-    keep = np.ones(n, bool)
-    keep[0] = False
-    try:
-      cut = np.asarray(kind.cut_kernel(layer, index, keep, every_output))
-    except (IndexError, ValueError):
-      continue
-    if cut.shape == shape[:axis] + (n - 1,) + shape[axis + 1:]:
-      return axis, 1
-  return None, 1
+  """`(axis, groups)` of `layer`'s input channels in its kernel
+  (`kinds.Kind.input_axis`)."""
+  return kinds.of(layer).input_axis(layer)
 
 
 def input_mask(layer, in_alive):
@@ -132,19 +109,8 @@ def input_mask(layer, in_alive):
   channel graph has it (`accounting.account(model)[layer]["in_alive"]`)."""
   kind = kinds.of(layer)
   shape = tuple(kind.kernel(layer).shape)
-  axis, groups = input_axis(layer)
-  if axis is None:
-    return np.ones(shape, bool)
-  in_alive = np.asarray(in_alive).reshape(-1) > 0
-  along = [1] * len(shape)
-  along[axis] = shape[axis]
-  index = np.arange(shape[axis]).reshape(along)
-  if groups > 1:
-    channels = kind.channels(layer)
-    channel = np.broadcast_to(np.arange(channels).reshape(
-        kind.param_shape(layer)), shape)
-    index = index + channel // (channels // groups) * shape[axis]
-  return np.broadcast_to(in_alive[index], shape)
+  mask = np.asarray(kind.input_mask(layer, np.asarray(in_alive, np.float32)))
+  return np.broadcast_to(mask > 0, shape)
 
 
 def stored(layer_codes, in_mask=None, out_alive=None):

@@ -81,6 +81,15 @@ class Kind:
     From the config alone (the layer need not be built)."""
     return getattr(layer, "groups", 1) == 1
 
+  def input_axis(self, layer):
+    """`(axis, groups)`: the kernel axis that indexes the layer's input
+    channels (None if it reads all its input, as an Embedding does), and
+    the number of groups its inputs are split into (a grouped
+    convolution's kernel holds one group's inputs on that axis; output
+    channel `o` reads group `o // (channels / groups)`)."""
+    return (len(self.kernel(layer).shape) - 2,
+            int(getattr(layer, "groups", 1) or 1))
+
   def input_param_shape(self, layer):
     """Shape of a per-input-channel vector broadcast against the kernel
     (input channel `i` is its `i`-th element), or None if the kind cannot
@@ -88,7 +97,27 @@ class Kind:
     if not self.gates_inputs(layer):
       return None
     shape = tuple(self.kernel(layer).shape)
-    return (1,) * (len(shape) - 2) + (shape[-2], 1)
+    axis = self.input_axis(layer)[0]
+    return tuple(d if a == axis else 1 for a, d in enumerate(shape))
+
+  def input_mask(self, layer, in_alive):
+    """Which kernel elements read an alive input channel: 0/1, a tensor
+    broadcastable to the kernel, given the 0/1 liveness of the layer's
+    input channels (a tensor or array)."""
+    shape = tuple(self.kernel(layer).shape)
+    axis, groups = self.input_axis(layer)
+    if axis is None:
+      return ops.ones((1,) * len(shape))
+    in_alive = ops.cast(ops.reshape(in_alive, (-1,)), "float32")
+    if groups == 1:
+      return ops.reshape(in_alive, tuple(
+          d if a == axis else 1 for a, d in enumerate(shape)))
+    # `(*kernel_size, in / groups, filters)`: filter `o` reads group
+    # `o // (filters / groups)`.
+    per_group = ops.reshape(in_alive, (groups, shape[axis]))
+    per_filter = ops.repeat(per_group, shape[-1] // groups, axis=0)
+    return ops.reshape(ops.transpose(per_filter),
+                       (1,) * (len(shape) - 2) + shape[-2:])
 
   def linear(self, layer, x, kernel):
     """The layer's linear map (no bias, no activation) with `kernel`."""
@@ -230,9 +259,8 @@ class Transpose(Kind):
     shape = tuple(self.kernel(layer).shape)
     return (1,) * (len(shape) - 2) + (shape[-2], 1)
 
-  def input_param_shape(self, layer):
-    shape = tuple(self.kernel(layer).shape)
-    return (1,) * (len(shape) - 1) + shape[-1:]
+  def input_axis(self, layer):
+    return len(self.kernel(layer).shape) - 1, 1  # `(..., out, in)`
 
   def linear(self, layer, x, kernel):
     return ops.conv_transpose(
@@ -264,6 +292,9 @@ class Embedding(Kind):
 
   def gates_inputs(self, layer):
     return False  # its input is token ids, not channels
+
+  def input_axis(self, layer):
+    return None, 1
 
   def linear(self, layer, x, kernel):
     if not str(getattr(x, "dtype", "int32")).startswith("int"):
@@ -345,12 +376,11 @@ class EinsumDense(Kind):
   def gates_inputs(self, layer):
     return self.untraceable(layer) is None
 
-  def input_param_shape(self, layer):
-    if not self.gates_inputs(layer):
-      return None
-    shape = tuple(self.kernel(layer).shape)
-    i = self._axes(layer)[0]
-    return tuple(d if a == i else 1 for a, d in enumerate(shape))
+  def input_axis(self, layer):
+    try:
+      return self._axes(layer)[0], 1
+    except ValueError:  # the input's last axis is not in the kernel
+      return None, 1
 
   def fan_in(self, layer, in_alive):
     shape = tuple(self.kernel(layer).shape)

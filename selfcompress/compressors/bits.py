@@ -38,9 +38,8 @@ class BitDepth(base.ChannelCompressor):
     storage: how the codes are stored, the size accounting's rule for this
       layer. `"fixed"`: `ceil(b)` bits per weight. `"entropy"`: the layer's
       codes entropy-coded with a per-layer frequency table (table included
-      in the count); the penalty is then a differentiable estimate of that
-      coded size (Oktay et al., "Scalable Model Compression by Entropy
-      Penalized Reparameterization", ICLR 2020).
+      in the count); the penalty is then the fixed-width one scaled by the
+      layer's coded/fixed ratio (`selfcompress.accounting`).
 
   References:
     Cséfalvay & Imber, "Self-Compressing Neural Networks", arXiv 2301.13142.
@@ -150,15 +149,6 @@ class BitDepth(base.ChannelCompressor):
     x = ops.multiply(kernel, ops.power(2.0, -e))
     return ops.round(ops.minimum(ops.maximum(x, -half), half - 1.0)), \
         ops.power(2.0, e)
-
-  def code_values(self, kernel):
-    """The codes before rounding, `clip(w / 2^e, -2^(b-1), 2^(b-1) - 1)`,
-    what the entropy-coded size estimate (`compressors.coding`) bins."""
-    b = self.broadcast(self.bits())
-    half = ops.power(2.0, b - 1.0)
-    x = ops.multiply(ops.cast(kernel, "float32"),
-                     ops.power(2.0, -self.broadcast(self.exponent())))
-    return ops.minimum(ops.maximum(x, -half), half - 1.0)
 
   def apply(self, kernel, bias, training=False):
     bits = self.bits()

@@ -47,6 +47,18 @@ def prob_nonzero(log_alpha, beta=BETA, gamma=GAMMA, zeta=ZETA):
   return ops.sigmoid(log_alpha - beta * math.log(-gamma / zeta))
 
 
+def gates(log_alpha, training, held, seed_generator):
+  """A vector of gates: hard-concrete samples in training (one per entry,
+  from `seed_generator`), the deterministic gate else; 1 where `held`."""
+  if training:
+    u = keras.random.uniform((int(log_alpha.shape[0]),), _EPS, 1.0 - _EPS,
+                             seed=seed_generator)
+    z = sample(log_alpha, u)
+  else:
+    z = test_gate(log_alpha)
+  return ops.where(ops.cast(held, "bool"), 1.0, z)
+
+
 #: Below this `log_alpha` the test-time gate is 0: `sigmoid(a) <= -gamma /
 #: (zeta - gamma)`.
 DEAD_LOG_ALPHA = math.log(-GAMMA / ZETA)
@@ -117,14 +129,7 @@ class _Gates:
   def _gates(self, training, held):
     """Per-channel gate vector: sampled in training, deterministic else;
     1 (constant) on held channels."""
-    la = self.log_alpha()
-    if training:
-      u = keras.random.uniform((self.num_channels,), _EPS, 1.0 - _EPS,
-                               seed=self._seed_generator)
-      z = sample(la, u)
-    else:
-      z = test_gate(la)
-    return ops.where(ops.cast(held, "bool"), 1.0, z)
+    return gates(self.log_alpha(), training, held, self._seed_generator)
 
   def _gate(self, kernel, bias, training):
     """The kernel times the gates; the bias zeroed on gated-off channels."""

@@ -32,8 +32,8 @@ from keras import ops
 
 from selfcompress import kinds
 from selfcompress.compressors import base
-from selfcompress.compressors.gates import (_EPS, prob_nonzero, sample,
-                                            test_gate)
+from selfcompress.compressors.gates import gates as gate_vector
+from selfcompress.compressors.gates import prob_nonzero, test_gate
 
 #: The input side of an input-gated layer: per input channel, `alive` (0/1,
 #: exact: the test-time gate is open) and `expected` (`P(z != 0)`,
@@ -234,16 +234,10 @@ class InputGates(base.ChannelCompressor):
   def input_gates(self, training=False, held=None):
     """Per-input gate vector: sampled in training, deterministic else; 1 on
     held inputs."""
-    la = self.input_log_alpha()
     if held is None:
       held = self.held_inputs()
-    if training:
-      u = keras.random.uniform((self.num_inputs,), _EPS, 1.0 - _EPS,
-                               seed=self._input_seed_generator)
-      z = sample(la, u)
-    else:
-      z = test_gate(la)
-    return ops.where(ops.cast(held, "bool"), 1.0, z)
+    return gate_vector(self.input_log_alpha(), training, held,
+                       self._input_seed_generator)
 
   def input_state(self):
     """The inputs' `InputState`: which are read (exact) and how many are
@@ -266,10 +260,10 @@ class InputGates(base.ChannelCompressor):
   def apply(self, kernel, bias, training=False):
     return self.inner.apply(self._gated(kernel, training), bias, training)
 
-  def code_values(self, kernel):
-    """The inner compressor's code values of the kernel as stored: times the
+  def codes(self, kernel, bits=None):
+    """The inner compressor's codes of the kernel as stored: times the
     test-time input gates (closed inputs give zeros)."""
-    return self.inner.code_values(self._gated(kernel, False))
+    return self.inner.codes(self._gated(kernel, False), bits)
 
   # -- serialisation ----------------------------------------------------------
 
