@@ -1,7 +1,7 @@
 """Command-line entry points (absl flags + ml_collections configs). Each is a
 thin shell over one library call; `tools/*.py` and the console scripts
 `selfcompress-train` / `selfcompress-sweep` / `selfcompress-imp` /
-`selfcompress-export` run these.
+`selfcompress-export` / `selfcompress-compare` run these.
 
 A mistake in what the user gave (a config field, a value, data, a workdir;
 `selfcompress.errors.UserError`) prints one message without a traceback and
@@ -187,6 +187,47 @@ def sweep():
     sweep_lib.run_sweep(config, FLAGS.workdir, gammas, seeds,
                         dense=FLAGS.dense)
   _run(main)
+
+
+def compare():
+  """Every method side by side on one size budget; run again to resume."""
+  config_flags.DEFINE_config_file(
+      "sc_config", "configs/mnist_lenet300.py", "Self-compression config "
+      "(override fields with --sc_config.FIELD=VALUE).", lock_config=True)
+  config_flags.DEFINE_config_file(
+      "imp_config", "configs/mnist_lenet300_imp.py", "IMP config "
+      "(--imp_config.FIELD=VALUE).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Root folder of all runs; run the same "
+                      "command again to resume.")
+  flags.DEFINE_string("data_dir", None, "The dataset's folder (both configs' "
+                      "data_dir).")
+  flags.DEFINE_float("budget_kb", 8.0, "Size budget (KB, 1 KB = 1000 bytes): "
+                     "the self-compression runs' target_kb and IMP's limit.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
+  flags.DEFINE_list(
+      "methods", ["sc:bits", "sc:bits_entropy", "sc:inputs_bits_entropy",
+                  "dense_final", "imp:init", "imp:lr_rewind"],
+      "Methods, run in this order for each seed: sc:VARIANT (bits, "
+      "bits_entropy, gates_bits_entropy, inputs_bits_entropy), imp:RESET "
+      "(init, rewind, lr_rewind, finetune), dense_final.")
+  flags.DEFINE_string("final_from", "sc:inputs_bits_entropy", "The "
+                      "self-compression method whose final architecture "
+                      "dense_final trains from scratch.")
+
+  def main(argv):
+    _no_args(argv)
+    _require_workdir()
+    try:
+      seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError as e:
+      _fail(f"--seeds takes integers: {e}")
+    if not FLAGS.budget_kb > 0:
+      _fail(f"--budget_kb must be > 0, got {FLAGS.budget_kb}.")
+    from selfcompress import compare as compare_lib
+    compare_lib.run(FLAGS.methods, seeds, FLAGS.budget_kb, FLAGS.workdir,
+                    sc_config=FLAGS.sc_config, imp_config=FLAGS.imp_config,
+                    final_from=FLAGS.final_from, data_dir=FLAGS.data_dir)
+  _run(main, with_config=False)
 
 
 def _workdir_data():

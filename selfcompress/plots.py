@@ -1,5 +1,7 @@
-"""Figures: the training curve of one run, the accuracy-vs-size Pareto plot
+"""Figures: the training curve of one run, the accuracy-vs-size Pareto plots
 and IMP's accuracy against weights remaining."""
+
+import statistics
 
 import matplotlib
 
@@ -37,7 +39,7 @@ def pareto(points, path, dense=None, anchors=(), title=""):
   Args:
     points: dicts with `size_kb`, `accuracy` and a `label` (e.g. gamma).
     dense: optional dict for the dense float32 model.
-    anchors: published results, dicts with `size_kb`, `accuracy`, `label`.
+    anchors: published results, `(label, size_kb, accuracy)` triples.
   """
   fig, ax = plt.subplots(figsize=(7, 4.5))
   pts = sorted(points, key=lambda p: p["size_kb"])
@@ -49,14 +51,52 @@ def pareto(points, path, dense=None, anchors=(), title=""):
   if dense:
     ax.plot([dense["size_kb"]], [100 * dense["accuracy"]], "s",
             color="black", label="dense float32")
-  for a in anchors:
-    ax.plot([a["size_kb"]], [100 * a["accuracy"]], "*", markersize=11,
-            label=a["label"])
+  for label, size_kb, accuracy in anchors:
+    ax.plot([size_kb], [100 * accuracy], "*", markersize=11,
+            label=f"{label} ({size_kb:g} KB, {100 * accuracy:.1f}%)")
   ax.set_xscale("log")
   ax.set_xlabel("size (KB, 1 KB = 1000 bytes)")
   ax.set_ylabel("test accuracy (%)")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
+  ax.set_title(title)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def methods(groups, path, budget_kb=None, published=(), title=""):
+  """Test accuracy against size (log scale) for several methods: each run
+  a small dot, each method's mean over runs a large marker with the runs'
+  standard deviation as error bars; published results as stars.
+
+  Args:
+    groups: dict `method -> list of rows` with `size_kb` and
+      `test_accuracy` (a fraction).
+    budget_kb: drawn as a vertical line.
+    published: `(label, size_kb, accuracy)` triples.
+  """
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  for label, rows in groups.items():
+    if not rows:
+      continue
+    sizes = [r["size_kb"] for r in rows]
+    accs = [100 * r["test_accuracy"] for r in rows]
+    dots, = ax.plot(sizes, accs, ".", alpha=0.4)
+    spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+    ax.errorbar([statistics.fmean(sizes)], [statistics.fmean(accs)],
+                xerr=[spread(sizes)], yerr=[spread(accs)], fmt="o",
+                color=dots.get_color(), capsize=3,
+                label=f"{label} (n={len(rows)})")
+  for label, size_kb, accuracy in published:
+    ax.plot([size_kb], [100 * accuracy], "*", markersize=11,
+            label=f"{label} (published)")
+  if budget_kb:
+    ax.axvline(budget_kb, color="gray", ls="--", lw=1, label="budget")
+  ax.set_xscale("log")
+  ax.set_xlabel("size (KB, 1 KB = 1000 bytes)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=7, loc="lower right")
   ax.set_title(title)
   fig.tight_layout()
   _save(fig, path)

@@ -3,20 +3,10 @@
 import copy
 import os
 
-
-from selfcompress import checkpoint, plots, training, workdir as workdirs
+from selfcompress import (checkpoint, compare, plots, training,
+                          workdir as workdirs)
 from selfcompress import config as base_config
 from selfcompress.errors import ConfigError
-
-# Published results to mark on the curve, by model: Oktay, Balle, Singh &
-# Shrivastava, "Scalable Model Compression by Entropy Penalized
-# Reparameterization", ICLR 2020 (the smallest published MNIST models).
-ANCHORS = {
-    "lenet300": [{"label": "Oktay et al. 2020 (8.56 KB, 98.1%)",
-                  "size_kb": 8.56, "accuracy": 0.981}],
-    "lenet5": [{"label": "Oktay et al. 2020 (2.84 KB, 99.0%)",
-                "size_kb": 2.84, "accuracy": 0.990}],
-}
 
 
 def run_sweep(config, workdir, gammas, seeds=(0,), dense=True):
@@ -72,7 +62,7 @@ def _sweep(config, workdir, gammas, seeds, dense):
       [dict(p, label=f"γ={p['gamma']:g}") for p in points],
       os.path.join(workdir, "pareto.png"),
       dense=dense_points[0] if dense_points else None,
-      anchors=ANCHORS.get(config.model, ()),
+      anchors=compare.PUBLISHED.get(config.model, ()),
       title=f"{config.model} on {config.dataset}: test accuracy vs size")
   for p in summary:
     print(format_point(p))

@@ -47,10 +47,7 @@ def main(argv):
   dense = rows[0]
   chosen = [r for r in rows if r["best_val_accuracy"] >=
             dense["best_val_accuracy"] - tolerance][-1]
-  ds = data.load(imp_config.dataset, imp_config.data_dir,
-                 batch_size=imp_config.batch_size,
-                 num_validation=imp_config.num_validation, seed=imp_config.seed,
-                 verify_checksums=imp_config.verify_checksums, first_epoch=0)
+  ds = data.from_config(imp_config, first_epoch=0)
   model = imp.load_level(imp_config, ds, FLAGS.imp_workdir, chosen["level"])
   float_size = pruning.sparse_size(model)
   bits, _ = imp.tolerated_bits(model, ds.validation, tolerance)

@@ -1,0 +1,84 @@
+"""The side-by-side harness (`selfcompress.compare`, tools/bench_methods.py)
+on generated MNIST-format data: every method kind runs for two seeds, IMP's
+reported point respects the budget, dense_final trains the architecture the
+self-compression run ended with, and a rerun resumes without training."""
+
+import json
+import math
+import os
+
+import pytest
+
+import selfcompress as sc
+from selfcompress import compare, errors, pruning
+from test_imp import imp_config
+from test_training import REPO, fake_mnist, load_config
+
+
+def sc_config(data_dir):
+  config = load_config(os.path.join(REPO, "configs", "mnist_lenet300.py"),
+                       "smoke")
+  config.data_dir = data_dir
+  config.verify_checksums = False
+  config.num_validation = 100
+  config.max_train_examples = 300
+  config.epochs = 3
+  config.shed_every_epochs = 1
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return fake_mnist(tmp_path_factory.mktemp("data"), n_train=500, n_test=100)
+
+
+def test_every_method_kind_side_by_side(data_dir, tmp_path):
+  methods = ["sc:bits", "dense_final", "imp:init"]
+  budget = 300.0  # KB: the quantized levels fit, the float32 ones do not
+  kwargs = dict(sc_config=sc_config(data_dir),
+                imp_config=imp_config(data_dir), final_from="sc:bits")
+  lines = []
+  rows = compare.run(methods, [0, 1], budget, str(tmp_path), **kwargs,
+                     print_fn=lines.append)
+  assert [(r["method"], r["seed"]) for r in rows] == [
+      (m, s) for s in (0, 1) for m in methods]
+  for r in rows:
+    assert 0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0
+  for r in rows:
+    if r["method"] == "imp:init":
+      assert r["size_kb"] <= budget, r
+      assert "bits" in r["detail"] and "over budget" not in r["detail"]
+    if r["method"] == "sc:bits":
+      # The budget is the run's target_kb.
+      workdir = os.path.join(tmp_path, "sc_bits", f"seed_{r['seed']}")
+      with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["target_kb"] == budget
+  # dense_final: the shed architecture of the same seed's SC run, trained
+  # afresh (its weight count is the shed model's kernel sizes).
+  shed = sc.shed(sc.load_model(os.path.join(tmp_path, "sc_bits", "seed_0",
+                                            "model.keras"), compile=False))
+  kept = sum(math.prod(l.kernel.shape) for l in pruning.prunable(shed))
+  dense = next(r for r in rows if r["method"] == "dense_final")
+  assert dense["detail"].startswith(f"{kept:,} weights")
+  table = open(os.path.join(tmp_path, "results.md")).read()
+  assert "| sc:bits | 2 |" in table and "time / imp:init" in table
+  assert os.path.getsize(os.path.join(tmp_path, "pareto.png")) > 0
+  # Resume: every run is finished, so nothing trains again.
+  again = compare.run(methods, [0, 1], budget, str(tmp_path), **kwargs,
+                      print_fn=lines.append)
+  assert [r["test_accuracy"] for r in again] == [
+      r["test_accuracy"] for r in rows]
+  assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]
+
+
+@pytest.mark.parametrize("methods,final_from,message", [
+    (["sc:nope"], None, "Unknown method 'sc:nope'"),
+    (["imp:reinit"], None, "Unknown method 'imp:reinit'"),
+    (["dense_final"], None, "dense_final needs --final_from"),
+    (["dense_final", "sc:bits"], "sc:bits", "listed before dense_final"),
+])
+def test_bad_methods(methods, final_from, message, tmp_path):
+  with pytest.raises(errors.ConfigError, match=message):
+    compare.run(methods, [0], 8.0, str(tmp_path), sc_config=None,
+                imp_config=None, final_from=final_from)
+  assert not os.listdir(tmp_path)
