@@ -60,7 +60,10 @@ DOCS = {
     "gamma": "weight of the size term of the loss (bits per weight)",
     "target_kb": "a size budget in KB: gamma adapts to reach it; None: fixed "
                  "gamma",
-    "target_rate": "how fast gamma adapts towards target_kb",
+    "target_rate": "how fast gamma adapts towards target_kb (log-gamma per "
+                   "step); None: ln(1e12) / training steps, so gamma can "
+                   "cross its range [1e-8, 1e4] once in the run, however "
+                   "long",
     "compressor": "bits (learned bit depths) | gates (L0 gates, float32 "
                   "weights) | gates+bits | inputs+bits, inputs+gates, "
                   "inputs+gates+bits (the same, plus L0 gates on each "
@@ -143,7 +146,7 @@ def base():
   # Regularization", ICLR 2018.
   c.gamma = 0.05
   c.target_kb = config_dict.placeholder(float)
-  c.target_rate = 0.002
+  c.target_rate = config_dict.placeholder(float)
   c.compressor = "bits"
   c.compressor_per_layer = ml_collections.ConfigDict()
   c.storage = "fixed"

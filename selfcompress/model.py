@@ -1,6 +1,7 @@
 """`SelfCompressingModel`: a Functional model whose loss includes its size."""
 
 import inspect
+import math
 
 import keras
 import tensorflow as tf
@@ -10,6 +11,16 @@ from selfcompress import accounting as size_lib
 from selfcompress.graph import ChannelGraph
 
 _OPTIONS = ("gamma", "target_kb", "target_rate", "size_reference")
+# The range `size_gamma` is held to while it adapts to `target_kb`.
+GAMMA_RANGE = (1e-8, 1e4)
+
+
+def target_rate_for(steps):
+  """The `target_rate` with which `size_gamma` can cross its whole range
+  (`GAMMA_RANGE`) once in `steps` training steps: a budget is reached in a
+  short run as in a long one (0.0021 for 30 epochs of 430 steps)."""
+  low, high = GAMMA_RANGE
+  return math.log(high / low) / max(int(steps), 1)
 
 
 @keras.saving.register_keras_serializable(package="selfcompress")
@@ -33,6 +44,9 @@ class SelfCompressingModel(keras.Model):
       -1, 1))`: it grows while the model is too large and relaxes once it
       fits, so training lands on the budget instead of overshooting it.
     target_rate: step of that adaptation, in log-gamma per training step.
+      The default suits about 14,000 steps; for a run of `n` steps,
+      `target_rate_for(n)` lets gamma cover its range in time (in a short run
+      the default cannot raise gamma fast enough to reach the budget).
   """
 
   def __init__(self, *args, gamma=0.05, target_kb=None, target_rate=0.002,
@@ -107,7 +121,7 @@ class SelfCompressingModel(keras.Model):
       penalty = penalty * ops.cast(ops.greater(ratio, 1.0), penalty.dtype)
       if training:
         step = self.target_rate * ops.clip(ops.log(ratio), -1.0, 1.0)
-        self.size_gamma.assign(ops.clip(gamma * ops.exp(step), 1e-8, 1e4))
+        self.size_gamma.assign(ops.clip(gamma * ops.exp(step), *GAMMA_RANGE))
     # Under tf.distribute each replica's loss is summed: count the penalty
     # once per global step, as Keras does for compiled losses.
     return loss + penalty / num_replicas()

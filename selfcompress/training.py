@@ -69,6 +69,8 @@ def validate(config):
         "progress bar)")
   for field in ("learning_rate", "lr_multiplier", "bits_init",
                 "gate_lr_multiplier", "target_rate"):
+    if config[field] is None and field == "target_rate":
+      continue  # set from the run's length
     if not config[field] > 0:
       bad(field, "must be > 0")
   if not math.isfinite(config.log_alpha_init):
@@ -178,7 +180,9 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
       model = sc.compress(
           model, compressor=compressor(config, config.compressor),
           per_layer=per_layer, gamma=config.gamma, target_kb=config.target_kb,
-          target_rate=config.target_rate, min_channels=config.min_channels)
+          target_rate=config.target_rate or sc.model.target_rate_for(
+              steps_per_epoch * config.epochs),
+          min_channels=config.min_channels)
     except ValueError as e:  # compress() names the argument (config field)
       raise ConfigError(f"The config cannot compress {config.model!r}: {e}"
                         ) from e

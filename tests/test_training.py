@@ -233,6 +233,25 @@ def test_compressor_per_layer_is_validated_and_applied(tmp_path):
   assert set(kinds.values()) == {"NoneType", "HardConcreteGate"}
 
 
+def test_budget_rate_follows_the_run_length():
+  """Unset, target_rate lets gamma cross its range once in the run's steps,
+  so a short run reaches its budget as a long one does; set, it is kept."""
+  import selfcompress as sc
+  low, high = sc.model.GAMMA_RANGE
+  config = smoke_config("unused", target_kb=50.0, epochs=4)
+  short = training.build_model(config, (28, 28, 1), 10, 25)
+  assert short.target_rate == pytest.approx(np.log(high / low) / 100)
+  config.epochs = 40
+  long = training.build_model(config, (28, 28, 1), 10, 25)
+  assert long.target_rate == pytest.approx(short.target_rate / 10)
+  config.target_rate = 0.002
+  training.validate(config)
+  assert training.build_model(config, (28, 28, 1), 10, 25).target_rate == 0.002
+  config.target_rate = -1.0
+  with pytest.raises(ValueError, match="target_rate"):
+    training.validate(config)
+
+
 def test_missing_data_says_how_to_fix(tmp_path):
   config = smoke_config(str(tmp_path / "nowhere"))
   with pytest.raises(ValueError, match="does not exist|download"):
