@@ -51,17 +51,7 @@ def pareto(points, path, dense=None, anchors=(), title=""):
   if dense:
     ax.plot([dense["size_kb"]], [100 * dense["accuracy"]], "s",
             color="black", label="dense float32")
-  for label, size_kb, accuracy in anchors:
-    ax.plot([size_kb], [100 * accuracy], "*", markersize=11,
-            label=f"{label} ({size_kb:g} KB, {100 * accuracy:.1f}%)")
-  ax.set_xscale("log")
-  ax.set_xlabel("size (KB, 1 KB = 1000 bytes)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8, loc="lower right")
-  ax.set_title(title)
-  fig.tight_layout()
-  _save(fig, path)
+  _finish_size_plot(fig, ax, anchors, path, title)
 
 
 def methods(groups, path, budget_kb=None, published=(), title=""):
@@ -87,11 +77,17 @@ def methods(groups, path, budget_kb=None, published=(), title=""):
                 xerr=[spread(sizes)], yerr=[spread(accs)], fmt="o",
                 color=dots.get_color(), capsize=3,
                 label=f"{label} (n={len(rows)})")
-  for label, size_kb, accuracy in published:
-    ax.plot([size_kb], [100 * accuracy], "*", markersize=11,
-            label=f"{label} (published)")
   if budget_kb:
     ax.axvline(budget_kb, color="gray", ls="--", lw=1, label="budget")
+  _finish_size_plot(fig, ax, published, path, title)
+
+
+def _finish_size_plot(fig, ax, published, path, title):
+  """Published `(label, size_kb, accuracy)` points as stars, the log size
+  axis, labels and legend; saves the figure to `path`."""
+  for label, size_kb, accuracy in published:
+    ax.plot([size_kb], [100 * accuracy], "*", markersize=11,
+            label=f"{label} ({size_kb:g} KB, {100 * accuracy:.1f}%)")
   ax.set_xscale("log")
   ax.set_xlabel("size (KB, 1 KB = 1000 bytes)")
   ax.set_ylabel("test accuracy (%)")

@@ -12,19 +12,7 @@ import pytest
 import selfcompress as sc
 from selfcompress import compare, errors, pruning
 from test_imp import imp_config
-from test_training import REPO, fake_mnist, load_config
-
-
-def sc_config(data_dir):
-  config = load_config(os.path.join(REPO, "configs", "mnist_lenet300.py"),
-                       "smoke")
-  config.data_dir = data_dir
-  config.verify_checksums = False
-  config.num_validation = 100
-  config.max_train_examples = 300
-  config.epochs = 3
-  config.shed_every_epochs = 1
-  return config
+from test_training import fake_mnist, smoke_config
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +23,8 @@ def data_dir(tmp_path_factory):
 def test_every_method_kind_side_by_side(data_dir, tmp_path):
   methods = ["sc:bits", "dense_final", "imp:init"]
   budget = 300.0  # KB: the quantized levels fit, the float32 ones do not
-  kwargs = dict(sc_config=sc_config(data_dir),
+  kwargs = dict(sc_config=smoke_config(data_dir, max_train_examples=300,
+                                       epochs=3, shed_every_epochs=1),
                 imp_config=imp_config(data_dir), final_from="sc:bits")
   lines = []
   rows = compare.run(methods, [0, 1], budget, str(tmp_path), **kwargs,
