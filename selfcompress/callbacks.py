@@ -24,6 +24,9 @@ class CompressionMonitor(keras.callbacks.Callback):
   * At each epoch end, a layer kept alive only by its `min_channels` (the
     penalty would remove every channel) is reported once with a warning, and
     so is a layer that lost every channel because `min_channels` is 0.
+  * Before each validation, at each epoch's end and when training ends, the
+    BatchNormalizations' moving means on dead channels are set to what
+    training normalised them with (`shedding.settle_statistics`).
   * Each epoch's logs get the exact size at the epoch's end (per-batch values
     are those each step trained with), and the `val_` copies of the size
     metrics, identical to the training ones, are dropped.
@@ -53,7 +56,19 @@ class CompressionMonitor(keras.callbacks.Callback):
           "or lower `gamma`; check the input data for NaN. Resume from the "
           "last checkpoint.")
 
+  def _settle(self):
+    from selfcompress import shedding
+    if hasattr(self.model, "size_logs"):
+      shedding.settle_statistics(self.model)
+
+  def on_test_begin(self, logs=None):
+    self._settle()  # validation inside fit()
+
+  def on_train_end(self, logs=None):
+    self._settle()
+
   def on_epoch_end(self, epoch, logs=None):
+    self._settle()  # before shedding, and without validation data
     if logs is not None and hasattr(self.model, "size_logs"):
       for key, value in self.model.size_logs(exact=True).items():
         logs[key] = float(np.asarray(value))

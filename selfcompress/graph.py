@@ -88,7 +88,9 @@ class Flow:
   expected number of open inputs (`P(z != 0)` over the alive inputs, times
   the kernel area), differentiable in the gates' `log_alpha`; 0 for a
   channel that no consumer reads (it is dead, and `shed()` removes it).
-  `input_states` holds each input-gated layer's `InputState`.
+  `input_states` holds each input-gated layer's `InputState`;
+  `norm_inputs` each BatchNormalization's input, `(alive, constant)` per
+  call.
   """
   in_alive: dict
   out_alive: dict
@@ -98,6 +100,7 @@ class Flow:
   folds: dict = dataclasses.field(default_factory=dict)  # layer -> 0/1: gets a bias
   penalty_fan_in: dict = dataclasses.field(default_factory=dict)
   input_states: dict = dataclasses.field(default_factory=dict)
+  norm_inputs: dict = dataclasses.field(default_factory=dict)
 
 
 class ChannelGraph:
@@ -231,6 +234,8 @@ class ChannelGraph:
         outs = [ops.maximum(ins[0], _dead_nonzero(ins[0], cs[0]))
                 if step.padded else ins[0]]
         out_consts = [_constant_through(layer, cs[0])]
+        if isinstance(layer, L.BatchNormalization):
+          flow.norm_inputs.setdefault(layer, []).append((ins[0], cs[0]))
       elif step.rule == "flatten":
         reps = step.out_channels[0] // step.in_shapes[0][self.axes[
             step.inputs[0]]]

@@ -47,6 +47,42 @@ class Plan:
   reads: dict = dataclasses.field(default_factory=dict)
 
 
+def settle_statistics(model):
+  """Sets each BatchNormalization's moving mean, on its dead input channels,
+  to the constant those channels carry; returns how many it changed.
+
+  In training a BatchNormalization normalises with the batch's statistics,
+  so a channel that died (its input exactly constant) leaves it as `beta`.
+  Its moving statistics, what inference uses, only decay towards the
+  channel's (mean `c`, variance 0), so inference adds
+  `gamma * (c - moving_mean) / sqrt(moving_variance + epsilon)`, which
+  training never saw and which shrinks by only `sqrt(momentum)` a step
+  (half is left after 140 steps at 0.99): validation accuracy collapses
+  while channels die, and `shed()` folds the stale value into the
+  consumers' biases. The constant is the
+  channel's true mean (its variance is 0), so after this inference computes
+  what training did. `CompressionMonitor` calls it before each validation,
+  at each epoch's end (before shedding) and when training ends. A layer
+  called more than once is left alone.
+  """
+  flow = graph_lib.ChannelGraph.of(model).propagate()
+  changed = 0
+  for layer, calls in flow.norm_inputs.items():
+    if len(calls) != 1 or layer.moving_mean is None:
+      continue
+    alive, const = (np.asarray(keras.ops.convert_to_numpy(v), np.float32)
+                    for v in calls[0])
+    mean = layer.moving_mean
+    if tuple(mean.shape) != alive.shape:
+      continue  # normalises over several axes: not per channel
+    values = keras.ops.convert_to_numpy(mean)
+    settle = (alive == 0) & np.isfinite(const) & (values != const)
+    if settle.any():
+      mean.assign(np.where(settle, const, values).astype(values.dtype))
+      changed += int(settle.sum())
+  return changed
+
+
 def plan(model):
   """Decides which channels of `model` can go; see the module docstring."""
   g = graph_lib.ChannelGraph.of(model)

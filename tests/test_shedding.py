@@ -298,3 +298,48 @@ def test_fit_and_shed_shrinks_during_training_without_a_loss_jump():
 def _xy(x, y):
   import tensorflow as tf
   return tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+
+
+def test_settled_statistics_make_inference_normalise_dead_channels_as_training():
+  """A BatchNormalization after dead channels: training mode (batch
+  statistics) gives `beta` there; after `settle_statistics` inference does
+  too, on every position, while alive channels keep their statistics; and
+  fit() leaves them settled."""
+  rng = np.random.default_rng(3)
+  model = sc.compress(residual(), compressor="bits", min_channels=0)
+  _randomize(model, rng)
+  _kill(model, rng)
+  x = rng.normal(size=(16, 8, 8, 4)).astype("float32")
+  norms = [l for l in model.layers if isinstance(l, L.BatchNormalization)]
+  probe = keras.Model(model.inputs, [n.output for n in norms])
+  before = [keras.ops.convert_to_numpy(n.moving_mean) for n in norms]
+  flow = sc.graph.ChannelGraph.of(model).propagate()
+  dead = [keras.ops.convert_to_numpy(flow.norm_inputs[n][0][0]) == 0
+          for n in norms]
+  assert all(d.any() and not d.all() for d in dead)
+  changed = sc.shedding.settle_statistics(model)
+  assert changed == sum(int(d.sum()) for d in dead)
+  for n, d, old in zip(norms, dead, before):  # alive channels: untouched
+    now = keras.ops.convert_to_numpy(n.moving_mean)
+    np.testing.assert_array_equal(now[~d], old[~d])
+    assert (now[d] != old[d]).all()
+  trained = probe(x, training=True)  # (moves the alive channels' means)
+  inferred = probe(x, training=False)
+  for n, d, t, i in zip(norms, dead, trained, inferred):
+    t, i = np.asarray(t)[..., d], np.asarray(i)[..., d]
+    np.testing.assert_allclose(i, t, atol=1e-5)
+    np.testing.assert_allclose(i, np.broadcast_to(
+        keras.ops.convert_to_numpy(n.beta)[d], i.shape), atol=1e-5)
+  assert sc.shedding.settle_statistics(model) == 0
+  # shed() keeps computing what the (settled) model does.
+  small = sc.shed(model)
+  np.testing.assert_allclose(small.predict(x, verbose=0),
+                             model.predict(x, verbose=0), atol=1e-5)
+  # fit() settles them (before validation, at epoch ends, at the end).
+  fresh = sc.compress(residual(), compressor="bits", min_channels=0)
+  _randomize(fresh, rng)
+  _kill(fresh, rng)
+  fresh.compile(keras.optimizers.Adam(1e-4), "mse")
+  y = rng.normal(size=(16, 3)).astype("float32")
+  fresh.fit(x, y, epochs=1, batch_size=8, validation_data=(x, y), verbose=0)
+  assert sc.shedding.settle_statistics(fresh) == 0
