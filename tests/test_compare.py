@@ -58,6 +58,11 @@ def test_every_method_kind_side_by_side(data_dir, tmp_path):
   assert [r["test_accuracy"] for r in again] == [
       r["test_accuracy"] for r in rows]
   assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]
+  # A budget IMP cannot reach: the best point near its smallest, flagged.
+  over = compare.run_imp(kwargs["imp_config"], "init", 1.0, 0, str(tmp_path))
+  floor = float(over["detail"].split("its smallest point is ")[1].split()[0])
+  assert 1.0 < floor
+  assert floor - 0.005 <= over["size_kb"] <= compare.FLOOR_SLACK * floor  # .2f
 
 
 @pytest.mark.parametrize("methods,final_from,message", [
