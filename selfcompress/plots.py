@@ -41,7 +41,7 @@ def pareto(points, path, dense=None, anchors=(), title=""):
     dense: optional dict for the dense float32 model.
     anchors: published results, `(label, size_kb, accuracy)` triples.
   """
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(9.5, 4.5))
   pts = sorted(points, key=lambda p: p["size_kb"])
   ax.plot([p["size_kb"] for p in pts], [100 * p["accuracy"] for p in pts],
           "o-", color="tab:blue", label="selfcompress")
@@ -65,7 +65,7 @@ def methods(groups, path, budget_kb=None, published=(), title=""):
     budget_kb: drawn as a vertical line.
     published: `(label, size_kb, accuracy)` triples.
   """
-  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  fig, ax = plt.subplots(figsize=(10, 4.5))
   for label, rows in groups.items():
     if not rows:
       continue
@@ -92,7 +92,8 @@ def _finish_size_plot(fig, ax, published, path, title):
   ax.set_xlabel("size (KB, 1 KB = 1000 bytes)")
   ax.set_ylabel("test accuracy (%)")
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=7, loc="lower right")
+  # Beside the axes: inside, it hides the points of the lower right.
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   ax.set_title(title)
   fig.tight_layout()
   _save(fig, path)
