@@ -36,11 +36,13 @@ class CompressionMonitor(keras.callbacks.Callback):
     super().__init__()
     self._warned = set()
     self._epoch = 0
+    self._settled = False  # no training step since the last settling
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
 
   def on_train_batch_end(self, batch, logs=None):
+    self._settled = False
     loss = (logs or {}).get("loss")
     if loss is None:
       return
@@ -57,9 +59,11 @@ class CompressionMonitor(keras.callbacks.Callback):
           "last checkpoint.")
 
   def _settle(self):
+    """Once per stretch of training: validation then epoch end share it."""
     from selfcompress import shedding
-    if hasattr(self.model, "size_logs"):
+    if hasattr(self.model, "size_logs") and not self._settled:
       shedding.settle_statistics(self.model)
+      self._settled = True
 
   def on_test_begin(self, logs=None):
     self._settle()  # validation inside fit()

@@ -68,11 +68,11 @@ def validate(config):
     bad("verbose", "must be 0 (quiet), 1 (a line per epoch) or 2 (Keras' "
         "progress bar)")
   for field in ("learning_rate", "lr_multiplier", "bits_init",
-                "gate_lr_multiplier", "target_rate"):
-    if config[field] is None and field == "target_rate":
-      continue  # set from the run's length
+                "gate_lr_multiplier"):
     if not config[field] > 0:
       bad(field, "must be > 0")
+  if config.target_rate is not None and not config.target_rate > 0:
+    bad("target_rate", "must be > 0, or None to set it from the run's length")
   if not math.isfinite(config.log_alpha_init):
     bad("log_alpha_init", "must be a finite number (3.0: gates start open)")
   if config.storage not in sc.compressors.BitDepth.STORAGE:
