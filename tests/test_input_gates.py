@@ -610,8 +610,8 @@ KINDS = [
 ]
 # Trainable per compressor: the inner one's, plus the input gates'
 # log_alpha; seed generators: the inner one's plus the input gates'.
-EXTRA = {"inputs+bits": (3, 1), "inputs+gates": (2, 2),
-         "inputs+gates+bits": (4, 2)}
+EXTRA = {"inputs+bits": (2, 1), "inputs+gates": (2, 2),
+         "inputs+gates+bits": (3, 2)}
 
 
 class InputGatesHarnessTest(testing.TestCase):

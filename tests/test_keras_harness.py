@@ -43,9 +43,10 @@ KINDS = [
     (layers.DepthwiseConv2D, dict(kernel_size=3, depth_multiplier=2,
                                   padding="same"), (2, 5, 5, 3), (2, 5, 5, 6)),
 ]
-# Trainable per channel: bits -> bit depth and exponent; gates -> log_alpha;
-# gates+bits -> all three. Non-trainable: the gates' seed generator state.
-COMPRESSORS = {"bits": (2, 0), "gates": (1, 1), "gates+bits": (3, 1)}
+# Trainable variables: bits -> one holding each channel's bit depth and
+# exponent; gates -> log_alpha; gates+bits -> both. Non-trainable: the
+# gates' seed generator state.
+COMPRESSORS = {"bits": (1, 0), "gates": (1, 1), "gates+bits": (2, 1)}
 
 CASES = [
     dict(testcase_name=f"{cls.__name__}_{i}_{name}", cls=cls, kwargs=kwargs,

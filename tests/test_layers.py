@@ -113,10 +113,32 @@ def test_lr_multiplier_scales_adam_step_of_bits():
     import tensorflow as tf
     with tf.GradientTape() as tape:
       loss = ops.sum(c.state().penalty_bits)
-    opt.apply_gradients(zip(tape.gradient(loss, [c.bits_param]),
-                            [c.bits_param]))
+    opt.apply_gradients(zip(tape.gradient(loss, [c.params]), [c.params]))
     steps[mult] = before - np.asarray(c.raw_bits())
   np.testing.assert_allclose(steps[50.0], 50 * steps[1.0], rtol=1e-3)
+
+
+@pytest.mark.parametrize("compressor", ["bits", "gates+bits", "inputs+bits"])
+def test_layer_saved_with_bits_and_exponent_apart_still_loads(compressor):
+  """Files written while `b` and `e` were two variables load unchanged."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(4, 5)).astype("float32")
+  saved = layers.Dense(3, compressor=compressor)
+  saved.build((None, 5))
+  c = saved.compressor
+  c.assign(bits=[3.0, -1.0, 6.0], exponent=np.asarray(c.exponent()) + 1.0)
+  store = {}
+  saved.save_own_variables(store)
+  values = [np.asarray(store[str(i)]) for i in range(len(store))]
+  i = next(k for k, v in enumerate(saved.weights) if v is c.params)
+  old = values[:i] + [values[i][:, 0], values[i][:, 1]] + values[i + 1:]
+
+  loaded = layers.Dense(3, compressor=compressor)
+  loaded.build((None, 5))
+  loaded.load_own_variables({str(k): v for k, v in enumerate(old)})
+  np.testing.assert_array_equal(loaded.compressor.raw_bits(), [3.0, -1.0, 6.0])
+  np.testing.assert_array_equal(loaded.compressor.exponent(), c.exponent())
+  np.testing.assert_array_equal(loaded(x), saved(x))
 
 
 @pytest.mark.parametrize("bad, match", [

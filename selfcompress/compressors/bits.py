@@ -75,11 +75,12 @@ class BitDepth(base.ChannelCompressor):
   def build(self, layer, kernel, param_shape):
     super().build(layer, kernel, param_shape)
     self._quantize = _compile(_quantize_impl, int(np.prod(kernel.shape)))
-    n = (self.num_channels,)
-    self.bits_param = base.add_param(
-        layer, "bits", n, self.bits_init / self.lr_multiplier, compressor=self)
-    self.exponent_param = base.add_param(layer, "exponent", n, 0.0,
-                                         compressor=self)
+    # One variable holds both: row o is channel o's (b, e), each divided by
+    # `lr_multiplier`. Two variables would cost the optimizer's update twice
+    # per layer (about 27 ops for Adam on TensorFlow; on a CPU each op costs
+    # a launch, as much as the arithmetic on these small vectors).
+    self.params = base.add_param(
+        layer, "bits_exponent", (self.num_channels, 2), 0.0, compressor=self)
     self.initialize(kernel)
 
   def initialize(self, kernel):
@@ -88,30 +89,35 @@ class BitDepth(base.ChannelCompressor):
     max_abs = ops.max(ops.abs(ops.convert_to_tensor(kernel)),
                       axis=base.reduce_axes(self._param_shape))
     max_abs = ops.maximum(self.flat(max_abs), 1e-12)
-    exponent = ops.log2(max_abs) - math.log2(top)
-    self.exponent_param.assign(exponent / self.lr_multiplier)
-    self.bits_param.assign(
-        ops.full((self.num_channels,), self.bits_init / self.lr_multiplier))
+    self.assign(bits=self.bits_init,
+                exponent=ops.log2(max_abs) - math.log2(top))
 
   def assign(self, bits=None, exponent=None):
     """Sets the bit depth and/or exponent of every channel (scalars or
     per-channel vectors), e.g. to start from a known grid."""
     n = (self.num_channels,)
-    if bits is not None:
-      self.bits_param.assign(
-          ops.broadcast_to(ops.cast(bits, "float32"), n) / self.lr_multiplier)
-    if exponent is not None:
-      self.exponent_param.assign(
-          ops.broadcast_to(ops.cast(exponent, "float32"), n) / self.lr_multiplier)
+    old = ops.unstack(ops.convert_to_tensor(self.params), 2, axis=1)
+    new = [old[i] if v is None else
+           ops.broadcast_to(ops.cast(v, "float32"), n) / self.lr_multiplier
+           for i, v in enumerate((bits, exponent))]
+    self.params.assign(ops.stack(new, axis=1))
+
+  def legacy_variables(self, values, start):
+    """Reads a layer saved when `b` and `e` were two variables: the values
+    at `start` and `start + 1` of the layer's saved list become this
+    compressor's one `(num_channels, 2)` variable."""
+    merged = np.stack([np.asarray(values[start]),
+                       np.asarray(values[start + 1])], axis=1)
+    return values[:start] + [merged] + values[start + 2:]
 
   # -- parameters -----------------------------------------------------------
 
   def raw_bits(self):
     """Bit depth per channel as trained, before `min_channels` is applied."""
-    return self.bits_param * self.lr_multiplier
+    return ops.unstack(self.params, 2, axis=1)[0] * self.lr_multiplier
 
   def exponent(self):
-    return self.exponent_param * self.lr_multiplier
+    return ops.unstack(self.params, 2, axis=1)[1] * self.lr_multiplier
 
   def scale(self):
     """Per-channel step of the stored codes: `2^e`."""

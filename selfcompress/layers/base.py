@@ -94,6 +94,13 @@ class CompressedLayer:
     keras.layers.Layer.save_own_variables(self, store)
 
   def load_own_variables(self, store):
+    own = self._trainable_variables + self._non_trainable_variables
+    legacy = getattr(self.compressor, "legacy_variables", None)
+    if legacy is not None and len(store.keys()) == len(own) + 1:
+      # Saved before a compressor merged two per-channel variables into one.
+      values = [store[str(i)] for i in range(len(own) + 1)]
+      start = next(i for i, v in enumerate(own) if v is self.compressor.params)
+      store = {str(i): v for i, v in enumerate(legacy(values, start))}
     keras.layers.Layer.load_own_variables(self, store)
 
   def get_config(self):
