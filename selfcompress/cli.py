@@ -209,7 +209,8 @@ def compare():
                   "dense_final", "imp:init", "imp:lr_rewind"],
       "Methods, run in this order for each seed: sc:VARIANT (bits, "
       "bits_entropy, gates_bits_entropy, inputs_bits_entropy), imp:RESET "
-      "(init, rewind, lr_rewind, finetune), dense_final.")
+      "(init, rewind, lr_rewind, finetune), gmp (gradual magnitude "
+      "pruning in one run), dense_final.")
   flags.DEFINE_string("final_from", "sc:inputs_bits_entropy", "The "
                       "self-compression method whose final architecture "
                       "dense_final trains from scratch.")

@@ -15,6 +15,12 @@ per reported point and never chooses anything. Methods:
                if none is, the best among those within `FLOOR_SLACK` of its
                smallest, flagged as over budget.
                Its time is the training time of the levels up to it.
+  gmp          gradual magnitude pruning (Zhu & Gupta 2018; the algorithm of
+               TensorFlow Model Optimization's `prune_low_magnitude`) in one
+               dense run of the self-compression config (the output layer
+               at the IMP config's `imp.output_rate`), sized for the budget
+               at 4-bit values; its float32 and 2-8-bit points are
+               candidates as IMP's levels are.
   dense_final  the architecture a self-compression run ended with (its
                shed network as plain Keras layers, `--final_from`), trained
                from a fresh initialisation as an ordinary float model, then
@@ -33,10 +39,12 @@ import statistics
 import time
 
 import keras
+import numpy as np
 
 import selfcompress as sc
-from selfcompress import (checkpoint, data, imp, keras_export, plots, pruning,
-                          training)
+from selfcompress import (checkpoint, data, imp, keras_export, models, plots,
+                          pruning, training)
+from selfcompress.pruning import gradual
 from selfcompress.errors import ConfigError
 
 # Self-compression variants: config fields set on top of the SC config.
@@ -47,6 +55,7 @@ SC_VARIANTS = {
     "inputs_bits_entropy": {"compressor": "inputs+bits", "storage": "entropy"},
 }
 TOLERANCE = 0.002  # dense_final's quantization: validation points it may lose
+GMP_BITS = 4  # gmp: the value bits its final sparsity is sized for
 FLOOR_SLACK = 1.25  # IMP over budget everywhere: sizes it may choose among
 
 # Published results (accuracy, KB as each paper stores its model), by model.
@@ -83,6 +92,8 @@ def parse_method(name, final_from=None):
     return kind, arg
   if kind == "imp" and arg in imp.RESETS and arg not in ("reinit",):
     return kind, arg
+  if name == "gmp":
+    return "gmp", None
   if name == "dense_final":
     if final_from is None or parse_method(final_from)[0] != "sc":
       raise ConfigError("dense_final needs --final_from=sc:VARIANT, the "
@@ -92,7 +103,7 @@ def parse_method(name, final_from=None):
       f"Unknown method {name!r}; known: "
       + ", ".join([f"sc:{v}" for v in SC_VARIANTS]
                   + [f"imp:{r}" for r in imp.RESETS if r != "reinit"]
-                  + ["dense_final"]) + ".")
+                  + ["gmp", "dense_final"]) + ".")
 
 
 def _workdir(root, method, seed):
@@ -128,23 +139,11 @@ def run_imp(config, reset, budget_kb, seed, root, data_dir=None,
   workdir = _workdir(root, f"imp:{reset}", seed)
   rows = imp.run(c, workdir)
   ds = data.from_config(c, first_epoch=0)
-  candidates = []  # (within budget, val accuracy, -size, level, bits, size)
+  candidates = []
   for row in rows:
     model = imp.load_level(c, ds, workdir, row["level"])
-    weights = model.get_weights()
-    for b in (32, *bits):
-      model.set_weights(weights)
-      if b != 32:
-        pruning.quantize_uniform(model, b)
-      size = pruning.sparse_size(model, value_bits=b).kb
-      val = model.evaluate(ds.validation, return_dict=True,
-                           verbose=0)["accuracy"]
-      candidates.append((size <= budget_kb, val, -size, row["level"], b, size))
-  floor = min(c_[5] for c_ in candidates)
-  within = [c_ for c_ in candidates if c_[0]]
-  if not within:  # IMP cannot reach the budget: its best near its floor
-    within = [c_ for c_ in candidates if c_[5] <= FLOOR_SLACK * floor]
-  _, val, _, level, b, size = max(within)
+    candidates += _points(model, ds, budget_kb, bits, row["level"])
+  (val, level, b, size), note = _choose(candidates, budget_kb)
   model = imp.load_level(c, ds, workdir, level)
   if b != 32:
     pruning.quantize_uniform(model, b)
@@ -154,10 +153,111 @@ def run_imp(config, reset, budget_kb, seed, root, data_dir=None,
   return {"size_kb": size, "test_accuracy": test, "val_accuracy": val,
           "seconds": seconds,
           "detail": (f"level {level} ({100 * density:.2f}% of weights), "
-                     f"{'float32' if b == 32 else f'{b} bits'}"
-                     + ("" if size <= budget_kb else
-                        f"; over budget: its smallest point is {floor:.2f} KB,"
-                        f" this the best within {FLOOR_SLACK:g}x of it"))}
+                     f"{'float32' if b == 32 else f'{b} bits'}{note}")}
+
+
+def _points(model, ds, budget_kb, bits, tag):
+  """`model` stored at float32 and quantized to each of `bits`: per point
+  `(within budget, validation accuracy, -size, tag, bits, size)`. Leaves
+  the model's weights as they were."""
+  weights, out = model.get_weights(), []
+  for b in (32, *bits):
+    model.set_weights(weights)
+    if b != 32:
+      pruning.quantize_uniform(model, b)
+    size = pruning.sparse_size(model, value_bits=b).kb
+    val = model.evaluate(ds.validation, return_dict=True, verbose=0)["accuracy"]
+    out.append((size <= budget_kb, val, -size, tag, b, size))
+  model.set_weights(weights)
+  return out
+
+
+def _choose(candidates, budget_kb):
+  """The best validation point within the budget, or, if none is, the best
+  within `FLOOR_SLACK` of the smallest: `((val, tag, bits, size), note)`."""
+  floor = min(c_[5] for c_ in candidates)
+  within = [c_ for c_ in candidates if c_[0]]
+  if not within:  # the method cannot reach the budget: its best near its floor
+    within = [c_ for c_ in candidates if c_[5] <= FLOOR_SLACK * floor]
+  _, val, _, tag, b, size = max(within)
+  note = ("" if size <= budget_kb else
+          f"; over budget: its smallest point is {floor:.2f} KB, this the "
+          f"best within {FLOOR_SLACK:g}x of it")
+  return (val, tag, b, size), note
+
+
+def _gmp_sparsity(model, budget_kb, bits, output_rate, seed):
+  """The final sparsity at which `model`'s kernels, pruned uniformly at
+  random (the last one at `output_rate` times it) and stored at `bits`,
+  take `budget_kb` (bisection; magnitude masks index a little differently,
+  so the trained model's size is measured, not assumed)."""
+  shapes = pruning.kernel_shapes(model)
+  rng = np.random.default_rng(seed)
+  order = {p: rng.permutation(int(np.prod(s))) for p, s in shapes.items()}
+
+  def size(sparsity):
+    arrays = {}
+    for i, (p, shape) in enumerate(shapes.items()):
+      s_ = sparsity * (output_rate if i == len(shapes) - 1 else 1.0)
+      keep = np.zeros(int(np.prod(shape)), np.float32)
+      keep[order[p][:int(round((1.0 - s_) * keep.size))]] = 1.0
+      arrays[p] = keep.reshape(shape)
+    return pruning.sparse_size(model, bits, mask=pruning.Mask(arrays)).kb
+
+  low, high = 0.0, 0.9999
+  if size(high) > budget_kb:
+    return high
+  for _ in range(30):
+    mid = (low + high) / 2
+    low, high = (mid, high) if size(mid) > budget_kb else (low, mid)
+  return high
+
+
+def run_gmp(config, budget_kb, seed, root, data_dir=None, output_rate=1.0,
+            bits=range(8, 1, -1)):
+  """Gradual magnitude pruning (`pruning.gradual`, Zhu & Gupta 2018) in one
+  dense training run of `config` (the self-compression config's model,
+  optimizer, schedule and epochs): sparsity rises along the cubic schedule
+  from the end of epoch 1 to 70% of the steps, to the sparsity at which the
+  kernels fit the budget at `GMP_BITS` bits (the output layer at
+  `output_rate` times it); the rest fine-tunes. Then its float32 and
+  2-8-bit points are candidates, as IMP's levels are. Resumable through its
+  `results.json`."""
+  workdir = _workdir(root, "gmp", seed)
+  done = os.path.join(workdir, "results.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  c = _seeded(config, seed, data_dir)
+  c.method = "dense"
+  ds = data.from_config(c, first_epoch=0)
+  keras.utils.set_random_seed(seed)
+  model = pruning.attach(models.get(c.model, ds.input_shape, ds.num_classes,
+                                    **dict(c.model_kwargs)))
+  sparsity = _gmp_sparsity(model, budget_kb, GMP_BITS, output_rate, seed)
+  steps = -(-ds.num_train // c.batch_size)
+  total = steps * c.epochs
+  schedule = gradual.GradualPruning(
+      sparsity, begin_step=min(steps, total // 2), end_step=int(0.7 * total),
+      frequency=max(1, min(100, total // 100)), output_rate=output_rate)
+  training.compile_model(model, training.learning_rate(c, steps), c)
+  start = time.perf_counter()
+  model.fit(ds.train, epochs=c.epochs, steps_per_epoch=steps, shuffle=False,
+            verbose=0, callbacks=[schedule])
+  seconds = time.perf_counter() - start
+  (val, _, b, size), note = _choose(
+      _points(model, ds, budget_kb, bits, 0), budget_kb)
+  if b != 32:
+    pruning.quantize_uniform(model, b)
+  test = model.evaluate(ds.test, return_dict=True, verbose=0)["accuracy"]
+  kept = pruning.mask_of(model)
+  result = {"size_kb": size, "test_accuracy": test, "val_accuracy": val,
+            "seconds": seconds,
+            "detail": (f"sparsity {100 * kept.sparsity:.2f}%, "
+                       f"{'float32' if b == 32 else f'{b} bits'}{note}")}
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint.write_json(done, result)
+  return result
 
 
 def run_dense_final(sc_config, sc_method, seed, root, data_dir=None):
@@ -213,6 +313,9 @@ def run(methods, seeds, budget_kb, root, *, sc_config, imp_config,
         r = run_sc(sc_config, arg, budget_kb, seed, root, data_dir)
       elif kind == "imp":
         r = run_imp(imp_config, arg, budget_kb, seed, root, data_dir)
+      elif kind == "gmp":
+        r = run_gmp(sc_config, budget_kb, seed, root, data_dir,
+                    output_rate=imp_config.imp.output_rate)
       else:
         r = run_dense_final(sc_config, arg, seed, root, data_dir)
       rows.append({"method": method, "seed": seed, **r})

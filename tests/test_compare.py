@@ -1,6 +1,6 @@
 """The side-by-side harness (`selfcompress.compare`, tools/bench_methods.py)
 on generated MNIST-format data: every method kind runs for two seeds, IMP's
-reported point respects the budget, dense_final trains the architecture the
+and gradual pruning's reported points respect the budget, dense_final trains the architecture the
 self-compression run ended with, and a rerun resumes without training."""
 
 import json
@@ -21,7 +21,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_every_method_kind_side_by_side(data_dir, tmp_path):
-  methods = ["sc:bits", "dense_final", "imp:init"]
+  methods = ["sc:bits", "dense_final", "imp:init", "gmp"]
   budget = 300.0  # KB: the quantized levels fit, the float32 ones do not
   kwargs = dict(sc_config=smoke_config(data_dir, max_train_examples=300,
                                        epochs=3, shed_every_epochs=1),
@@ -37,6 +37,9 @@ def test_every_method_kind_side_by_side(data_dir, tmp_path):
     if r["method"] == "imp:init":
       assert r["size_kb"] <= budget, r
       assert "bits" in r["detail"] and "over budget" not in r["detail"]
+    if r["method"] == "gmp":  # 4-bit values fit unpruned: nothing to cut
+      assert r["size_kb"] <= budget and "over budget" not in r["detail"], r
+      assert r["detail"].startswith("sparsity 0.00%"), r
     if r["method"] == "sc:bits":
       # The budget is the run's target_kb.
       workdir = os.path.join(tmp_path, "sc_bits", f"seed_{r['seed']}")
@@ -58,6 +61,10 @@ def test_every_method_kind_side_by_side(data_dir, tmp_path):
   assert [r["test_accuracy"] for r in again] == [
       r["test_accuracy"] for r in rows]
   assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]
+  # A budget gradual pruning must prune for: sized at 4 bits, it fits.
+  tight = compare.run_gmp(kwargs["sc_config"], 40.0, 0, str(tmp_path / "g"))
+  assert tight["size_kb"] <= 40.0 and "over budget" not in tight["detail"]
+  assert float(tight["detail"].split("sparsity ")[1].split("%")[0]) > 50
   # A budget IMP cannot reach: the best point near its smallest, flagged.
   over = compare.run_imp(kwargs["imp_config"], "init", 1.0, 0, str(tmp_path))
   floor = float(over["detail"].split("its smallest point is ")[1].split()[0])

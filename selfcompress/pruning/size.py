@@ -73,9 +73,11 @@ def relative_index_bits(keep, value_bits):
   return best
 
 
-def sparse_size(model, value_bits=FLOAT_BITS):
-  """The `SparseSize` of `model` (with attached masks) at `value_bits`."""
-  mask = masking.mask_of(model)
+def sparse_size(model, value_bits=FLOAT_BITS, mask=None):
+  """The `SparseSize` of `model` (with attached masks) at `value_bits`, or
+  the size it would have with `mask` instead of its own."""
+  if mask is None:
+    mask = masking.mask_of(model)
   kernel_ids = {id(l.kernel) for l in masking.prunable(model)}
   mask_ids = {id(getattr(l, masking.MASK_NAME)) for l in masking.prunable(model)}
   values = index = 0
