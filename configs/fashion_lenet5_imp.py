@@ -15,21 +15,11 @@ weights. Each level trains 10 epochs instead of the self-compression run's
 baseline. `:smoke` shrinks it to seconds.
 """
 
-import importlib.util
-import os
-
-
-def _base_config(arg):
-  """The self-compression config beside this file."""
-  path = os.path.join(os.path.dirname(__file__), "fashion_lenet5.py")
-  spec = importlib.util.spec_from_file_location("fashion_lenet5", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from selfcompress import config as base
 
 
 def get_config(arg=None):
-  c = _base_config(arg)
+  c = base.beside(__file__, "fashion_lenet5.py", arg)
   c.method = "dense"
   c.epochs = min(c.epochs, 10)
   c.imp.levels = min(c.imp.levels, 5)

@@ -14,21 +14,11 @@ networks); 4 levels leave 6.25% of the weights. Level 0 is the dense
 baseline. `:smoke` shrinks it to seconds.
 """
 
-import importlib.util
-import os
-
-
-def _base_config(arg):
-  """The self-compression config beside this file."""
-  path = os.path.join(os.path.dirname(__file__), "fashion_resnet20.py")
-  spec = importlib.util.spec_from_file_location("fashion_resnet20", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from selfcompress import config as base
 
 
 def get_config(arg=None):
-  c = _base_config(arg)
+  c = base.beside(__file__, "fashion_resnet20.py", arg)
   c.method = "dense"
   c.gamma = 0.05
   c.imp.levels = min(c.imp.levels, 4)

@@ -110,6 +110,18 @@ def _workdir(root, method, seed):
   return os.path.join(root, method.replace(":", "_"), f"seed_{seed}")
 
 
+RESULTS = "results.json"  # a finished gmp or dense_final run's result
+
+
+def _finished(workdir):
+  """The result a finished run recorded in `workdir`, or None."""
+  path = os.path.join(workdir, RESULTS)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _seeded(config, seed, data_dir):
   c = copy.deepcopy(config)
   c.unlock()
@@ -224,10 +236,9 @@ def run_gmp(config, budget_kb, seed, root, data_dir=None, output_rate=1.0,
   2-8-bit points are candidates, as IMP's levels are. Resumable through its
   `results.json`."""
   workdir = _workdir(root, "gmp", seed)
-  done = os.path.join(workdir, "results.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+  finished = _finished(workdir)
+  if finished is not None:
+    return finished
   c = _seeded(config, seed, data_dir)
   c.method = "dense"
   ds = data.from_config(c, first_epoch=0)
@@ -255,8 +266,7 @@ def run_gmp(config, budget_kb, seed, root, data_dir=None, output_rate=1.0,
             "seconds": seconds,
             "detail": (f"sparsity {100 * kept.sparsity:.2f}%, "
                        f"{'float32' if b == 32 else f'{b} bits'}{note}")}
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.write_json(done, result)
+  checkpoint.write_json(os.path.join(workdir, RESULTS), result)
   return result
 
 
@@ -264,10 +274,9 @@ def run_dense_final(sc_config, sc_method, seed, root, data_dir=None):
   """Trains the architecture `sc_method`'s run (same seed) ended with, from
   scratch, as a float model; resumable through its `results.json`."""
   workdir = _workdir(root, "dense_final", seed)
-  done = os.path.join(workdir, "results.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+  finished = _finished(workdir)
+  if finished is not None:
+    return finished
   c = _seeded(sc_config, seed, data_dir)
   source = os.path.join(_workdir(root, sc_method, seed), "model.keras")
   if not os.path.exists(source):
@@ -291,8 +300,7 @@ def run_dense_final(sc_config, sc_method, seed, root, data_dir=None):
   result = {"size_kb": size.kb, "test_accuracy": test, "val_accuracy": val,
             "seconds": seconds,
             "detail": f"{size.weights_kept:,} weights, {bits} bits"}
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.write_json(done, result)
+  checkpoint.write_json(os.path.join(workdir, RESULTS), result)
   return result
 
 

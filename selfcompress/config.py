@@ -1,6 +1,9 @@
 """The defaults every training config starts from (big_vision style: every
 default lives here, never in `config.get(key, default)` in the code)."""
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -214,3 +217,15 @@ def apply_arg(config, arg):
       raise ConfigError(f"Unknown config argument {part!r} (in "
                         "--config=FILE:ARG); known: smoke.")
   return config
+
+
+def beside(path, name, arg=None):
+  """`get_config(arg)` of the config file `name` in the folder of `path`:
+  for a config built on another (an IMP config on its self-compression
+  one), which a config file cannot import by module name."""
+  source = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(name)[0], source)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
