@@ -14,6 +14,7 @@ after that.
 import json
 import os
 import tempfile
+import warnings
 
 import keras
 
@@ -77,11 +78,25 @@ def restore(directory):
   try:
     with open(path) as f:
       state = json.load(f)
-    model = keras.models.load_model(os.path.join(directory, state["checkpoint"]))
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      model = keras.models.load_model(
+          os.path.join(directory, state["checkpoint"]))
   except (OSError, ValueError, KeyError) as e:
     raise WorkdirError(
         f"The checkpoint in {directory} cannot be read ({e}). Delete that "
         "folder to start over, or point --workdir elsewhere.") from e
+  for w in caught:
+    if "Skipping variable loading for optimizer" in str(w.message):
+      # Keras would go on with fresh moments and step 0 (so a restarted
+      # learning-rate schedule): not a resumed run.
+      raise WorkdirError(
+          f"The checkpoint in {directory} holds optimizer state of another "
+          f"layout ({w.message}) Its weights load (sc.load_model(..., "
+          "compile=False)), but training cannot resume from it: finish it "
+          "with the selfcompress version that wrote it, or point --workdir "
+          "elsewhere to start over.")
+    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
   return model, state["epoch"], state["history"]
 
 

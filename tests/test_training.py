@@ -383,3 +383,35 @@ def test_a_record_without_a_newer_field_matches_its_default():
   changed = dict(now, loss="mse")
   assert workdirs.differences(before, changed) == [
       ("loss", "(absent)", "mse")]
+
+
+def test_checkpoint_with_other_optimizer_state_refuses_to_resume(tmp_path):
+  """A checkpoint whose optimizer state no longer matches (written by a
+  version that kept other variables) is an error naming the way out, not a
+  run that resumes with fresh moments and its schedule back at step 0."""
+  import zipfile
+
+  import h5py
+  import keras
+
+  import selfcompress as sc
+  from selfcompress import checkpoint
+  model = sc.compress(keras.Sequential([
+      keras.Input((4,)), keras.layers.Dense(5), keras.layers.Dense(2)]))
+  model.compile("adam", "mse")
+  x = np.ones((8, 4), "float32")
+  model.fit(x, np.zeros((8, 2)), verbose=0)
+  checkpoint.save(str(tmp_path), model, 1, [])
+  assert checkpoint.restore(str(tmp_path))[1] == 1  # as saved: resumes
+  # Drop one optimizer variable from the saved weights.
+  path = tmp_path / "epoch-00001.keras"
+  with zipfile.ZipFile(path) as z:
+    z.extractall(tmp_path / "x")
+  with h5py.File(tmp_path / "x" / "model.weights.h5", "r+") as f:
+    group = f["optimizer"]["vars"]
+    del group[str(len(group) - 1)]
+  with zipfile.ZipFile(path, "w") as z:
+    for name in os.listdir(tmp_path / "x"):
+      z.write(tmp_path / "x" / name, name)
+  with pytest.raises(errors.WorkdirError, match="cannot resume"):
+    checkpoint.restore(str(tmp_path))
