@@ -1,7 +1,7 @@
 r"""Every compression method side by side on one size budget (logic:
 `selfcompress.compare`): self-compression variants, IMP with its resets
-(quantized as well), and the dense control trained at the architecture
-self-compression found. Same data, seeds and size rule; mean and standard
+(quantized as well), gradual magnitude pruning in one run (`gmp`), and the
+dense control trained at the architecture self-compression found. Same data, seeds and size rule; mean and standard
 deviation over seeds, training wall time against IMP's; writes
 `results.json`, `results.md` and `pareto.png` (with published results) to
 `--workdir`. Run the same command again to resume.
