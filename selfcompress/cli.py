@@ -206,7 +206,7 @@ def compare():
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every method.")
   flags.DEFINE_list(
       "methods", ["sc:bits", "sc:bits_entropy", "sc:inputs_bits_entropy",
-                  "dense_final", "imp:init", "imp:lr_rewind"],
+                  "dense_final", "imp:init", "imp:lr_rewind", "gmp"],
       "Methods, run in this order for each seed: sc:VARIANT (bits, "
       "bits_entropy, gates_bits_entropy, inputs_bits_entropy), imp:RESET "
       "(init, rewind, lr_rewind, finetune), gmp (gradual magnitude "
