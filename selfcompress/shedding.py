@@ -60,9 +60,10 @@ def settle_statistics(model):
   (half is left after 140 steps at 0.99): validation accuracy collapses
   while channels die, and `shed()` folds the stale value into the
   consumers' biases. The constant is the channel's true mean (its variance
-  is 0), so after this inference computes what training did. `CompressionMonitor` calls it before each validation,
-  at each epoch's end (before shedding) and when training ends. A layer
-  called more than once is left alone.
+  is 0), so after this inference computes what training did.
+  `CompressionMonitor` calls it before each validation, at each epoch's end
+  (before shedding) and when training ends. A layer called more than once
+  is left alone.
   """
   flow = graph_lib.ChannelGraph.of(model).propagate()
   changed = 0

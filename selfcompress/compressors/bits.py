@@ -102,10 +102,12 @@ class BitDepth(base.ChannelCompressor):
            for i, v in enumerate((bits, exponent))]
     self.params.assign(ops.stack(new, axis=1))
 
-  def legacy_variables(self, values, start):
-    """Reads a layer saved when `b` and `e` were two variables: the values
-    at `start` and `start + 1` of the layer's saved list become this
-    compressor's one `(num_channels, 2)` variable."""
+  def legacy_variables(self, values, variables):
+    """Reads a layer saved when `b` and `e` were two variables: `values`,
+    the layer's saved list, holds them where `variables` (the layer's own,
+    in saving order) holds this compressor's one `(num_channels, 2)`
+    variable, and one more; returns the list with them merged."""
+    start = next(i for i, v in enumerate(variables) if v is self.params)
     merged = np.stack([np.asarray(values[start]),
                        np.asarray(values[start + 1])], axis=1)
     return values[:start] + [merged] + values[start + 2:]

@@ -99,8 +99,7 @@ class CompressedLayer:
     if legacy is not None and len(store.keys()) == len(own) + 1:
       # Saved before a compressor merged two per-channel variables into one.
       values = [store[str(i)] for i in range(len(own) + 1)]
-      start = next(i for i, v in enumerate(own) if v is self.compressor.params)
-      store = {str(i): v for i, v in enumerate(legacy(values, start))}
+      store = {str(i): v for i, v in enumerate(legacy(values, own))}
     keras.layers.Layer.load_own_variables(self, store)
 
   def get_config(self):

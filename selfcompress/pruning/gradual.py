@@ -18,7 +18,7 @@ optimizer update). It is the single-run pruning baseline of
 import keras
 import numpy as np
 
-from selfcompress.pruning import masking
+from selfcompress.pruning import masking, strategies
 from selfcompress.pruning.mask import Mask
 
 
@@ -35,17 +35,11 @@ def prune_to(model, sparsities):
   never lowered: pruned weights stay pruned) by magnitude; returns the
   new `Mask`, already applied."""
   mask, weights = masking.mask_of(model), masking.kernels(model)
-  out = {}
-  for path, keep in mask.items():
-    keep = keep.copy()
-    target = int(round((1.0 - sparsities[path]) * keep.size))
-    alive = np.flatnonzero(keep)
-    if target < alive.size:
-      scores = np.abs(weights[path]).ravel()[alive]
-      order = np.argsort(scores, kind="stable")  # ties: earlier index first
-      keep.ravel()[alive[order[:alive.size - target]]] = 0
-    out[path] = keep
-  mask = Mask(out)
+  mask = Mask({
+      path: strategies.prune_smallest(
+          np.abs(weights[path]), keep,
+          int(keep.sum()) - int(round((1.0 - sparsities[path]) * keep.size)))
+      for path, keep in mask.items()})
   masking.apply(model, mask)
   return mask
 
@@ -88,13 +82,21 @@ class GradualPruning(keras.callbacks.Callback):
     out[paths[-1]] = s * self.output_rate
     return out
 
+  def on_train_begin(self, logs=None):
+    # Counted here, not read from the optimizer every batch (a device read
+    # on the training loop's path).
+    self._step = int(self.model.optimizer.iterations)
+
   def on_train_batch_begin(self, batch, logs=None):
-    step = int(self.model.optimizer.iterations)
+    step = self._step
     due = (step - self.begin_step) % self.frequency == 0 or step == self.end_step
     if self.begin_step < step <= self.end_step and due:
       prune_to(self.model, self._sparsities(step))
 
+  def on_train_batch_end(self, batch, logs=None):
+    self._step += 1
+
   def on_train_end(self, logs=None):
     # A run shorter than `end_step` still ends at the sparsity it was given.
-    if int(self.model.optimizer.iterations) >= self.begin_step:
+    if self._step >= self.begin_step:
       prune_to(self.model, self._sparsities(self.end_step))

@@ -26,7 +26,7 @@ def layer_fractions(paths, fraction, output_rate=1.0, per_layer=()):
   return fractions
 
 
-def _prune_smallest(scores, keep, count):
+def prune_smallest(scores, keep, count):
   """Zeroes `keep` at the `count` kept entries of smallest `scores`."""
   keep = keep.copy()
   if count <= 0:
@@ -46,7 +46,7 @@ def layerwise_magnitude(weights, mask, fractions, rng=None):
   """Removes, in each kernel, its `fractions[path]` of kept weights with the
   smallest magnitude (Frankle & Carbin 2019)."""
   del rng
-  return Mask({p: _prune_smallest(np.abs(weights[p]), m,
+  return Mask({p: prune_smallest(np.abs(weights[p]), m,
                                   _count(fractions[p], m.sum()))
                for p, m in mask.items()})
 
@@ -59,7 +59,7 @@ def global_magnitude(weights, mask, fractions, rng=None):
   paths = list(mask)
   scores = np.concatenate([np.abs(weights[p]).ravel() for p in paths])
   keep = np.concatenate([mask[p].ravel() for p in paths])
-  keep = _prune_smallest(scores, keep, _count(fractions[paths[0]], keep.sum()))
+  keep = prune_smallest(scores, keep, _count(fractions[paths[0]], keep.sum()))
   out, start = {}, 0
   for p in paths:
     size = mask[p].size
@@ -72,7 +72,7 @@ def random(weights, mask, fractions, rng=None):
   """The control: removes the same number of kept weights per kernel as
   `layerwise_magnitude`, chosen uniformly at random."""
   rng = rng or np.random.default_rng(0)
-  return Mask({p: _prune_smallest(rng.random(m.shape), m,
+  return Mask({p: prune_smallest(rng.random(m.shape), m,
                                   _count(fractions[p], m.sum()))
                for p, m in mask.items()})
 
