@@ -211,7 +211,11 @@ def _entropy_terms(layer, flow, out_alive, fixed_bits, fixed_penalty):
   weight = c.broadcast(out_alive) * kind.input_mask(layer,
                                                    flow.in_alive[layer])
   ideal = coding.bits(c.codes(kind.kernel(layer))[0], weight)
-  saving = ops.stop_gradient(ideal / ops.maximum(fixed_bits, 1.0))
+  # A compressor whose penalty already models the coded length (its zeros
+  # cheap) is scaled by what the coder takes of that model instead.
+  reference = (fixed_penalty if getattr(c, "penalty_models_coding", False)
+               else fixed_bits)
+  saving = ops.stop_gradient(ideal / ops.maximum(reference, 1.0))
   return ideal, saving * fixed_penalty
 
 

@@ -53,6 +53,7 @@ SC_VARIANTS = {
     "bits_entropy": {"compressor": "bits", "storage": "entropy"},
     "gates_bits_entropy": {"compressor": "gates+bits", "storage": "entropy"},
     "inputs_bits_entropy": {"compressor": "inputs+bits", "storage": "entropy"},
+    "sparse_bits_entropy": {"compressor": "sparse_bits", "storage": "entropy"},
 }
 TOLERANCE = 0.002  # dense_final's quantization: validation points it may lose
 GMP_BITS = 4  # gmp: the value bits its final sparsity is sized for

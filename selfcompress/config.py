@@ -70,13 +70,15 @@ DOCS = {
     "compressor": "bits (learned bit depths) | gates (L0 gates, float32 "
                   "weights) | gates+bits | inputs+bits, inputs+gates, "
                   "inputs+gates+bits (the same, plus L0 gates on each "
-                  "layer's inputs)",
+                  "layer's inputs) | sparse_bits, inputs+sparse_bits (bits "
+                  "with a learned zero threshold per channel: weight-level "
+                  "sparsity; storage=entropy)",
     "compressor_per_layer": "per layer name: a compressor, or none "
                             "(uncompressed); --config.compressor_per_layer."
                             "LAYER=METHOD",
     "storage": "how codes are stored and counted: fixed (ceil(b) bits per "
                "weight) | entropy (entropy-coded per layer, table "
-               "included); bits and gates+bits only",
+               "included); bits, gates+bits and sparse_bits only",
     "bits_init": "initial bit depth of every channel",
     "lr_multiplier": "learning rate of bit depths and exponents vs the "
                      "weights'",

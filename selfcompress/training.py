@@ -37,6 +37,9 @@ COMPRESSORS = {
     "inputs+bits": sc.compressors.InputGates,
     "inputs+gates": sc.compressors.InputGates,
     "inputs+gates+bits": sc.compressors.InputGates,
+    # Learned weight-level sparsity inside alive channels (entropy storage).
+    "sparse_bits": sc.compressors.SparseBitDepth,
+    "inputs+sparse_bits": sc.compressors.InputGates,
 }
 
 
@@ -84,6 +87,12 @@ def validate(config):
       raise ConfigError(
           f"Bad config value: compressor_per_layer.{name}={method!r}: must "
           f"be one of {sorted(COMPRESSORS) + ['none']}.")
+  sparse = [m for m in [config.compressor,
+                        *config.compressor_per_layer.values()]
+            if m.endswith("sparse_bits")]
+  if sparse and config.storage != "entropy":
+    bad("storage", f"must be entropy with compressor {sparse[0]}: its "
+        "zeros save space only entropy-coded (--config.storage=entropy)")
   if not config.gamma >= 0:
     bad("gamma", "must be >= 0 (0 trains without a size penalty)")
   if config.target_kb is not None and not config.target_kb > 0:
@@ -197,7 +206,8 @@ def compressor(config, method):
   # a different stream per layer.
   gates = dict(log_alpha_init=config.log_alpha_init,
                gate_lr_multiplier=config.gate_lr_multiplier)
-  kwargs = {"bits": bits, "gates": gates, "gates+bits": {**bits, **gates}}
+  kwargs = {"bits": bits, "gates": gates, "gates+bits": {**bits, **gates},
+            "sparse_bits": bits}
   if method.startswith("inputs+"):
     inner = method[len("inputs+"):]
     return sc.compressors.get(method, **kwargs[inner],

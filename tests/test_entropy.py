@@ -211,7 +211,8 @@ def _check_size_and_export(model, x, tmp_path, compressor):
   return report, compact
 
 
-@pytest.mark.parametrize("compressor", ["bits", "gates+bits", "inputs+bits"])
+@pytest.mark.parametrize("compressor",
+                         ["bits", "gates+bits", "inputs+bits", "sparse_bits"])
 def test_size_counts_the_stream_the_saved_model_stores(compressor, tmp_path):
   """Dense and Conv2D layers, every one with dead channels (so the next one
   has dead inputs; input gates close more): size() counts each layer's
@@ -232,6 +233,13 @@ def test_size_counts_the_stream_the_saved_model_stores(compressor, tmp_path):
       c = layer.compressor
       c.assign_log_alpha(np.where(rng.random(c.num_channels) < 0.2, -6.0,
                                   rng.uniform(-1.5, 3.0, c.num_channels)))
+  if compressor == "sparse_bits":  # dead zones, some spanning a channel
+    for layer in model.layers:
+      if isinstance(layer, sc.layers.CompressedLayer):
+        c = layer.compressor
+        t = rng.uniform(0.5, 3.0, c.num_channels)
+        t[rng.integers(c.num_channels)] = 1e4
+        c.assign_threshold(t)
   if compressor == "inputs+bits":  # inputs that some layers do not read
     for layer in model.layers[2:]:
       if isinstance(layer, sc.layers.CompressedLayer):

@@ -44,9 +44,11 @@ KINDS = [
                                   padding="same"), (2, 5, 5, 3), (2, 5, 5, 6)),
 ]
 # Trainable variables: bits -> one holding each channel's bit depth and
-# exponent; gates -> log_alpha; gates+bits -> both. Non-trainable: the
+# exponent; gates -> log_alpha; gates+bits -> both; sparse_bits -> bits and
+# its zero threshold. Non-trainable: the
 # gates' seed generator state.
-COMPRESSORS = {"bits": (1, 0), "gates": (1, 1), "gates+bits": (2, 1)}
+COMPRESSORS = {"bits": (1, 0), "gates": (1, 1), "gates+bits": (2, 1),
+               "sparse_bits": (2, 0)}
 
 CASES = [
     dict(testcase_name=f"{cls.__name__}_{i}_{name}", cls=cls, kwargs=kwargs,

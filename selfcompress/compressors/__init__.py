@@ -6,6 +6,7 @@ from selfcompress.compressors.base import ChannelCompressor
 from selfcompress.compressors.bits import BitDepth
 from selfcompress.compressors.gates import GatedBitDepth, HardConcreteGate
 from selfcompress.compressors.inputs import InputGates
+from selfcompress.compressors.sparse import SparseBitDepth
 
 _REGISTRY = {
     "bits": BitDepth,
@@ -14,12 +15,13 @@ _REGISTRY = {
     "hard_concrete": HardConcreteGate,
     "gates+bits": GatedBitDepth,
     "input_gates": InputGates,
+    "sparse_bits": SparseBitDepth,
 }
 
 # Names of a class with preset arguments: input gates around each
 # per-output compressor ("inputs+" then the inner one's name).
 _PRESETS = {f"inputs+{name}": (InputGates, {"inner": name})
-            for name in ("bits", "gates", "gates+bits")}
+            for name in ("bits", "gates", "gates+bits", "sparse_bits")}
 
 
 def register(name, cls):
@@ -85,5 +87,5 @@ def names():
 
 
 __all__ = ["ChannelCompressor", "BitDepth", "GatedBitDepth",
-           "HardConcreteGate", "InputGates", "get", "names", "serialize",
+           "HardConcreteGate", "InputGates", "SparseBitDepth", "get", "names", "serialize",
            "register"]

@@ -5,9 +5,11 @@ a per-layer static model (frequency table) and an entropy coder
 (`selfcompress.entropy`). The exact coded size comes from running the coder
 (`selfcompress.size()`); the training step needs it as tensors, every step:
 `bits` gives the codes' ideal length under their own histogram,
-`sum_k n_k * -log2(n_k / N)`, plus the stream's header, frequency table
-and lane states as `selfcompress.entropy` writes them. The coder
-writes within a few bytes of it (its quantised frequencies and final state).
+`sum_k n_k * -log2(n_k / N)` (or under 8-bit frequencies, if those with
+their smaller table cost less, as the coder chooses), plus the stream's
+header, frequency table and lane states as `selfcompress.entropy` writes
+them. The coder writes within a few bytes of it (its quantised frequencies
+and final state).
 
 Codes are binned on a fixed grid of `2 * HALF_RANGE` integers centred on
 zero (a static shape inside the compiled step); codes beyond it (bit depths
@@ -26,11 +28,11 @@ HALF_RANGE = 2048
 #: frequency precision (`selfcompress.entropy`'s header).
 HEADER_BITS = 5 * 8
 #: Bits per entry of the frequency table, one per code of the alphabet's
-#: range: what `selfcompress.entropy` writes at a precision of up to 8 bits,
-#: which it chooses for streams of the size of LeNets' layers (larger
-#: layers may take 16-bit entries: the estimate is then low by a byte per
-#: entry).
+#: range: `selfcompress.entropy` writes 8-bit frequencies (total 2^8) or,
+#: when that costs less overall (many distinct codes, or many codes), 16-bit
+#: ones.
 ENTRY_BITS = 8
+WIDE_ENTRY_BITS = 16
 
 _LN2 = math.log(2.0)
 
@@ -61,11 +63,18 @@ def bits(values, weight):
   hi = ops.max(ops.where(used, index, -1.0))
   lanes = ops.ceil(ops.sum(ops.cast(ops.greater(w, 0.0), "float32"))
                    / entropy.LANE_SYMBOLS)
-  table = ops.where(
-      ops.greater(hi, -1.0),
-      HEADER_BITS + ENTRY_BITS * (hi - lo + 1.0)
-      + 8 * entropy.STATE_BYTES * lanes, 0.0)
-  return ops.sum(counts * _information(counts, total)) + table
+  fixed = HEADER_BITS + 8 * entropy.STATE_BYTES * lanes
+  # The coder takes the cheaper of 8-bit frequencies (every code that
+  # occurs at least 1/256 of the total, taken from the others) and 16-bit
+  # ones (about the histogram's own, at twice the table).
+  narrow = ops.where(used, ops.maximum(counts / total, 2.0 ** -ENTRY_BITS),
+                     0.0)
+  narrow = narrow / ops.sum(narrow)
+  span = hi - lo + 1.0
+  coded = ops.minimum(
+      ops.sum(counts * _information(narrow, 1.0)) + ENTRY_BITS * span,
+      ops.sum(counts * _information(counts, total)) + WIDE_ENTRY_BITS * span)
+  return ops.where(ops.greater(hi, -1.0), coded + fixed, 0.0)
 
 
 def _information(counts, total):

@@ -1,0 +1,255 @@
+"""Learned weight-level sparsity inside alive channels: soft thresholding
+before the quantizer.
+
+`SparseBitDepth` is `BitDepth` (Cséfalvay & Imber, 2023) with a learnable
+soft threshold per channel (Kusupati et al., "Soft Threshold Weight
+Reparameterization for Learnable Sparsity", ICML 2020): the codes are those
+of `sign(x) * max(|x| - s, 0)`, `x = w / 2^e`, so a weight within
+`t = s + 1/2` code steps of 0 is stored as code 0 and the kept ones
+start from 1. A channel thus keeps only the weights worth their bits, as
+magnitude pruning does (Han et al., "Learning both Weights and
+Connections", NeurIPS 2015), but in one run and with the threshold learned
+against the size penalty, as the bit depth is.
+
+The zeros are paid for at their real cost by entropy-coded storage
+(`storage="entropy"`, the only rule this compressor takes): the coder's
+per-layer frequency table gives a frequent 0 a short code, so the count
+includes what a sparse layer's index or mask costs. The penalty's stand-in
+for one weight's bits is `H(p0) + (1 - p0) * b`, with `p0` a channel's
+share of zeros (smoothed) and `H` the binary entropy: what a coder spends
+to say zero or not, then `b` bits for a kept weight. Its gradient widens
+the zero bin (and pulls small weights into it) while the task loss holds
+the weights it needs. A channel whose codes are all 0 is dead.
+
+Oktay et al., "Scalable Model Compression by Entropy Penalized
+Reparameterization" (ICLR 2020) train LeNets towards low-entropy codes with
+a learned probability model instead.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from selfcompress.compressors import base
+from selfcompress.compressors import bits as bits_lib
+
+#: The threshold at which the dead zone is plain rounding's zero bin.
+ROUNDING = 0.5
+
+
+class SparseBitDepth(bits_lib.BitDepth):
+  """Per-channel bit depth, exponent and soft threshold.
+
+  `q(w) = 2^e * round(clip(sign(x) * max(|x| - s, 0), -2^(b-1),
+  2^(b-1) - 1))`, `x = w / 2^e`, with one learnable `s >= 0` per output
+  channel (in code units; `s = 0` is `BitDepth`). Weights with `|x| < t`,
+  `t = s + 1/2` (`threshold()`), get code 0. `s` starts at 0 and is stored,
+  like `b` and `e`, divided by `lr_multiplier`. A channel whose codes are
+  all 0 is dead, as one at `b <= 0` is.
+
+  Args:
+    window: width, in code units, of the logistic window through which the
+      penalty's share of zeros sees the weights near the threshold.
+    max_bits: the largest bit depth. A wide dead zone on a fine grid would
+      otherwise leave the kept weights' codes hundreds apart, and the
+      entropy coder's frequency table (an entry per code of the range)
+      would cost more than the codes.
+    storage: must be `"entropy"`: with fixed-width codes a zero costs as
+      much as any code, so a dead zone would cost accuracy and save nothing
+      (use `"bits"` there).
+    Other arguments: as `BitDepth`.
+  """
+
+  STORAGE = ("entropy",)
+  #: `penalty_bits` models the coded length (`H(p0) + (1 - p0) * b`), so
+  #: the accounting scales it by the coder's length over it (not over the
+  #: fixed width, which would discount the zeros twice).
+  penalty_models_coding = True
+
+  def __init__(self, bits_init=8.0, lr_multiplier=100.0, held_bits=2.0,
+               min_channels=0, storage="entropy", window=0.25, max_bits=8.0):
+    if storage != "entropy":
+      raise ValueError(
+          "SparseBitDepth saves space only where a zero code is cheaper "
+          "than others: it needs storage='entropy'. Received: "
+          f"storage={storage!r}. Use BitDepth ('bits') for fixed-width codes.")
+    if not max_bits >= max(held_bits, bits_init):
+      raise ValueError(
+          "`max_bits` must be >= `held_bits` and `bits_init`. Received: "
+          f"max_bits={max_bits}, held_bits={held_bits}, bits_init={bits_init}")
+    if not window > 0:
+      raise ValueError(f"`window` must be > 0. Received: window={window}")
+    super().__init__(bits_init=bits_init, lr_multiplier=lr_multiplier,
+                     held_bits=held_bits, min_channels=min_channels,
+                     storage=storage)
+    self.window = float(window)
+    self.max_bits = float(max_bits)
+
+  def build(self, layer, kernel, param_shape):
+    # The threshold above 1/2, divided by `lr_multiplier`: non-negative
+    # (a constraint, applied by the optimizer after each update), so the
+    # dead zone never shrinks below rounding's and its gradient never
+    # vanishes there.
+    super().build(layer, kernel, param_shape)
+    # Bit depths at most `max_bits` (applied by the optimizer after each
+    # update): a wide dead zone on a fine grid would otherwise leave its
+    # kept weights hundreds of codes apart, whose frequency table (one
+    # entry per code of the range) costs more than the codes.
+    self.params.constraint = _MaxFirstColumn(self.max_bits / self.lr_multiplier)
+    self._kernel = kernel
+    self.zero_threshold = layer.add_weight(
+        name="zero_threshold", shape=(self.num_channels,),
+        initializer="zeros", constraint=keras.constraints.NonNeg(),
+        trainable=True, autocast=False)
+    self._channel_variables.append(self.zero_threshold)
+    self._quantize = bits_lib._compile(_sparse_quantize_impl,
+                                       int(_prod(kernel.shape)))
+
+  def threshold(self):
+    """Each channel's threshold `t` in code units (>= 1/2)."""
+    return ROUNDING + self.zero_threshold * self.lr_multiplier
+
+  def assign_threshold(self, value):
+    """Sets every channel's `t` (a scalar or per-channel vector, >= 1/2)."""
+    t = ops.broadcast_to(ops.cast(value, "float32"), (self.num_channels,))
+    self.zero_threshold.assign(
+        ops.maximum(t - ROUNDING, 0.0) / self.lr_multiplier)
+
+  # -- forward pass ---------------------------------------------------------
+
+  def shrink(self):
+    """Each channel's soft threshold in code units (`t - 1/2`, >= 0)."""
+    return self.zero_threshold * self.lr_multiplier
+
+  def codes(self, kernel, bits=None):
+    b = self.broadcast(self.bits() if bits is None else bits)
+    scale = self.broadcast(scale_of(self))
+    half = ops.power(2.0, b - 1.0)
+    y = _shrink(ops.divide(kernel, scale), self.broadcast(self.shrink()))
+    return ops.round(ops.clip(y, -half, half - 1.0)), scale
+
+  def kept_any(self, bits=None):
+    """1 for each channel with at least one nonzero code: a channel whose
+    every weight is in its dead zone (or rounds to 0) is dead, like one at
+    `b <= 0`: its bias and parameters are not stored and `shed()` removes
+    it (else the penalty, which widens whole channels' dead zones, would
+    leave channels that cost their bias and parameters for a constant)."""
+    codes, _ = self.codes(_value(self._kernel), bits)
+    nonzero = ops.max(ops.abs(codes), axis=base.reduce_axes(self._param_shape),
+                      keepdims=True)
+    return ops.cast(ops.greater(self.flat(nonzero), 0.0), "float32")
+
+  def apply(self, kernel, bias, training=False):
+    bits = self.bits()
+    kernel = _value(kernel)
+    alive = ops.cast(ops.greater(bits, 0.0), "float32") * self.kept_any(bits)
+    kernel = self._quantize(
+        kernel, self.broadcast(bits), self.broadcast(self.exponent()),
+        self.broadcast(self.shrink()), self.broadcast(alive),
+        base.reduce_axes(self._param_shape))
+    return kernel, (None if bias is None else ops.multiply(bias, alive))
+
+  # -- accounting -----------------------------------------------------------
+
+  def zero_share(self):
+    """Each channel's share of weights in its dead zone, smoothed by the
+    logistic window (differentiable in the weights, `e` and `t`)."""
+    kernel = _value(self._kernel)
+    x = ops.abs(ops.divide(kernel, self.broadcast(scale_of(self))))
+    inside = ops.sigmoid((self.broadcast(self.threshold()) - x) / self.window)
+    return self.flat(ops.mean(inside, axis=base.reduce_axes(self._param_shape),
+                              keepdims=True))
+
+  def state(self):
+    s = super().state()
+    kept = self.kept_any()
+    s = s._replace(alive=s.alive * kept, storage_bits=s.storage_bits * kept)
+    p0 = ops.clip(self.zero_share(), 1e-6, 1.0 - 1e-6)
+    flag = -(p0 * ops.log(p0) + (1.0 - p0) * ops.log(1.0 - p0)) / _LN2
+    return s._replace(penalty_bits=(1.0 - p0) * s.penalty_bits
+                      + flag * s.alive)
+
+  def get_config(self):
+    return {**super().get_config(), "window": self.window,
+            "max_bits": self.max_bits}
+
+
+_LN2 = math.log(2.0)
+
+
+def scale_of(compressor):
+  """`2^e` per channel, computed as the quantizer computes it (so the
+  codes and the forward pass agree on which weights sit in the dead zone)."""
+  return ops.power(2.0, compressor.exponent())
+
+
+class _MaxFirstColumn(keras.constraints.Constraint):
+  """Caps column 0 of a `(channels, 2)` variable (the stored bit depths)."""
+
+  def __init__(self, limit):
+    self.limit = float(limit)
+
+  def __call__(self, w):
+    first, second = ops.unstack(w, 2, axis=1)
+    return ops.stack([ops.minimum(first, self.limit), second], axis=1)
+
+
+def _value(kernel):
+  """The backend tensor of a variable (traceable, no copy)."""
+  return kernel.value if isinstance(kernel, keras.Variable) else kernel
+
+
+def _prod(shape):
+  n = 1
+  for d in shape:
+    n *= int(d)
+  return n
+
+
+def _shrink(x, shrink):
+  """Soft thresholding: `sign(x) * max(|x| - shrink, 0)`."""
+  return ops.sign(x) * ops.relu(ops.abs(x) - shrink)
+
+
+def _sparse_quantize_impl(kernel, bits, exponent, shrink, alive, axes):
+  """`alive * 2^e * round(clip(y))`, `y = sign(x) * max(|x| - shrink, 0)`,
+  `x = kernel / 2^e`, with straight-through gradients as
+  `bits._quantize_impl` (at `shrink = 0` they are `BitDepth`'s).
+
+  A weight in the dead zone (`|x| <= shrink`) passes the kernel's gradient
+  through, as one that rounds to 0 does: it keeps learning and comes back
+  once it leaves the zone (as in dynamic pruning with feedback, Lin et al.,
+  ICLR 2020). The shrink's gradient is soft thresholding's (Kusupati et
+  al., "Soft Threshold Weight Reparameterization for Learnable Sparsity",
+  ICML 2020): `-sum(g * 2^e * sign(x))` over the kept weights inside the
+  clip range.
+  """
+  scale = ops.power(2.0, exponent)
+  half = ops.power(2.0, bits - 1.0)
+  x = ops.divide(kernel, scale)
+  outside = ops.greater(ops.abs(x), shrink)
+  y = _shrink(x, shrink)
+  low, high = ops.negative(half), half - 1.0
+  clipped = ops.clip(y, low, high)
+  codes = ops.round(clipped)
+  live_scale = scale * alive
+
+  @ops.custom_gradient
+  def quantize(kernel, bits, exponent, shrink):
+    def grad(*args, upstream=None):
+      g = args[0] if upstream is None else upstream
+      side = ops.sign(y - clipped)
+      keep = ops.less(ops.abs(side), alive)
+      g_kernel = ops.where(keep, g, 0.0)
+      g_exp = ops.sum(g * (codes - ops.where(keep, x, 0.0)), axis=axes,
+                      keepdims=True)
+      g_bits = ops.sum(g * side, axis=axes, keepdims=True)
+      g_shrink = ops.sum(ops.where(ops.logical_and(keep, outside),
+                                   g * ops.sign(x), 0.0),
+                         axis=axes, keepdims=True)
+      return (g_kernel, g_bits * (live_scale * half * _LN2),
+              g_exp * (live_scale * _LN2), g_shrink * -live_scale)
+    return codes * live_scale, grad
+
+  return quantize(kernel, bits, exponent, shrink)
