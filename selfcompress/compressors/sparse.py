@@ -134,11 +134,18 @@ class SparseBitDepth(bits_lib.BitDepth):
     every weight is in its dead zone (or rounds to 0) is dead, like one at
     `b <= 0`: its bias and parameters are not stored and `shed()` removes
     it (else the penalty, which widens whole channels' dead zones, would
-    leave channels that cost their bias and parameters for a constant)."""
-    codes, _ = self.codes(_value(self._kernel), bits)
-    nonzero = ops.max(ops.abs(codes), axis=base.reduce_axes(self._param_shape),
-                      keepdims=True)
-    return ops.cast(ops.greater(self.flat(nonzero), 0.0), "float32")
+    leave channels that cost their bias and parameters for a constant).
+
+    Shrinking, clipping and rounding are monotone, so the largest and the
+    smallest code of a channel are those of its largest and smallest
+    weight: two reductions over the kernel, not its codes."""
+    kernel = _value(self._kernel)
+    axes = base.reduce_axes(self._param_shape)
+    extremes = ops.stack([ops.max(kernel, axis=axes, keepdims=True),
+                          ops.min(kernel, axis=axes, keepdims=True)])
+    codes, _ = self.codes(extremes, bits)
+    return ops.cast(ops.greater(self.flat(ops.max(ops.abs(codes), axis=0)),
+                                0.0), "float32")
 
   def apply(self, kernel, bias, training=False):
     bits = self.bits()
