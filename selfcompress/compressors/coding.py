@@ -64,16 +64,27 @@ def bits(values, weight):
   lanes = ops.ceil(ops.sum(ops.cast(ops.greater(w, 0.0), "float32"))
                    / entropy.LANE_SYMBOLS)
   fixed = HEADER_BITS + 8 * entropy.STATE_BYTES * lanes
-  # The coder takes the cheaper of 8-bit frequencies (every code that
-  # occurs at least 1/256 of the total, taken from the others) and 16-bit
-  # ones (about the histogram's own, at twice the table).
-  narrow = ops.where(used, ops.maximum(counts / total, 2.0 ** -ENTRY_BITS),
-                     0.0)
-  narrow = narrow / ops.sum(narrow)
+  # The coder takes the cheaper of 8-bit frequencies and 16-bit ones
+  # (about the histogram's own, at twice the table). 8-bit ones are
+  # integers summing to 2^8, at least 1 for each code that occurs: about
+  # `max(lam * count, 1)`, with `lam` found by water-filling (the codes at
+  # 1 leave the rest fewer slots). More than 2^8 codes do not fit.
+  slots = 2.0 ** ENTRY_BITS
+  lam = slots / total
+  for _ in range(4):
+    big = ops.logical_and(used, ops.greater_equal(counts * lam, 1.0))
+    ones = ops.sum(ops.cast(ops.logical_and(used, ops.logical_not(big)),
+                            "float32"))
+    lam = ops.maximum(slots - ones, 1.0) / ops.maximum(
+        ops.sum(ops.where(big, counts, 0.0)), 1.0)
+  narrow = ops.where(used, ops.maximum(counts * lam, 1.0) / slots, 0.0)
+  fits = ops.less_equal(ops.sum(ops.cast(used, "float32")), slots)
   span = hi - lo + 1.0
-  coded = ops.minimum(
+  wide = (ops.sum(counts * _information(counts, total))
+          + WIDE_ENTRY_BITS * span)
+  coded = ops.where(fits, ops.minimum(
       ops.sum(counts * _information(narrow, 1.0)) + ENTRY_BITS * span,
-      ops.sum(counts * _information(counts, total)) + WIDE_ENTRY_BITS * span)
+      wide), wide)
   return ops.where(ops.greater(hi, -1.0), coded + fixed, 0.0)
 
 

@@ -43,10 +43,11 @@ class SparseBitDepth(bits_lib.BitDepth):
 
   `q(w) = 2^e * round(clip(sign(x) * max(|x| - s, 0), -2^(b-1),
   2^(b-1) - 1))`, `x = w / 2^e`, with one learnable `s >= 0` per output
-  channel (in code units; `s = 0` is `BitDepth`). Weights with `|x| < t`,
-  `t = s + 1/2` (`threshold()`), get code 0. `s` starts at 0 and is stored,
-  like `b` and `e`, divided by `lr_multiplier`. A channel whose codes are
-  all 0 is dead, as one at `b <= 0` is.
+  channel, in code steps (`s = 0` is `BitDepth`). Weights with `|x| < t`,
+  `t = s + 1/2` (`threshold()`), get code 0. `s` is learned as a fraction
+  of the channel's largest |w| (`shrink_fraction`, from 0, at the
+  optimizer's learning rate). A channel whose codes are all 0 is dead, as
+  one at `b <= 0` is.
 
   Args:
     window: width, in code units, of the logistic window through which the
@@ -87,46 +88,52 @@ class SparseBitDepth(bits_lib.BitDepth):
     self.max_bits = float(max_bits)
 
   def build(self, layer, kernel, param_shape):
-    # The threshold above 1/2, divided by `lr_multiplier`: non-negative
-    # (a constraint, applied by the optimizer after each update), so the
-    # dead zone never shrinks below rounding's and its gradient never
-    # vanishes there.
     super().build(layer, kernel, param_shape)
     # Bit depths at most `max_bits` (applied by the optimizer after each
     # update): a wide dead zone on a fine grid would otherwise leave its
     # kept weights hundreds of codes apart, whose frequency table (one
     # entry per code of the range) costs more than the codes.
-    self.params.constraint = _MaxFirstColumn(self.max_bits / self.lr_multiplier)
+    self.params.constraint = _ClipColumn(0, self.max_bits / self.lr_multiplier)
     self._kernel = kernel
-    self.zero_threshold = layer.add_weight(
-        name="zero_threshold", shape=(self.num_channels,),
-        initializer="zeros", constraint=keras.constraints.NonNeg(),
+    # The soft threshold as a fraction of the grid's top, 2^(b-1) steps,
+    # in [0, 1] (a constraint, applied by the optimizer after each update).
+    # Not in code steps: then a coarser grid (a larger `e` and a smaller
+    # `b`, which the penalty asks for) would also zero more weights, and
+    # the task would hold the grid fine to keep them. (Nor in units of the
+    # largest |w|: shed() removes dead inputs' weights, which must not
+    # move the threshold.)
+    self.shrink_fraction = layer.add_weight(
+        name="shrink_fraction", shape=(self.num_channels,),
+        initializer="zeros", constraint=_Clip(0.0, 1.0),
         trainable=True, autocast=False)
-    self._channel_variables.append(self.zero_threshold)
+    self._channel_variables.append(self.shrink_fraction)
     self._quantize = bits_lib._compile(_sparse_quantize_impl,
                                        int(_prod(kernel.shape)))
 
+  def shrink(self, bits=None):
+    """Each channel's soft threshold in code steps (`t - 1/2`, >= 0)."""
+    b = ops.relu(self.bits() if bits is None else bits)
+    return self.shrink_fraction * ops.power(2.0, b - 1.0)
+
   def threshold(self):
-    """Each channel's threshold `t` in code units (>= 1/2)."""
-    return ROUNDING + self.zero_threshold * self.lr_multiplier
+    """Each channel's threshold `t` in code steps (>= 1/2): weights with
+    `|w| / 2^e < t` get code 0."""
+    return ROUNDING + self.shrink()
 
   def assign_threshold(self, value):
-    """Sets every channel's `t` (a scalar or per-channel vector, >= 1/2)."""
+    """Sets every channel's `t` (a scalar or per-channel vector, from 1/2
+    to 1/2 + 2^(b-1))."""
     t = ops.broadcast_to(ops.cast(value, "float32"), (self.num_channels,))
-    self.zero_threshold.assign(
-        ops.maximum(t - ROUNDING, 0.0) / self.lr_multiplier)
+    top = ops.power(2.0, ops.relu(self.bits()) - 1.0)
+    self.shrink_fraction.assign(ops.clip((t - ROUNDING) / top, 0.0, 1.0))
 
   # -- forward pass ---------------------------------------------------------
-
-  def shrink(self):
-    """Each channel's soft threshold in code units (`t - 1/2`, >= 0)."""
-    return self.zero_threshold * self.lr_multiplier
 
   def codes(self, kernel, bits=None):
     b = self.broadcast(self.bits() if bits is None else bits)
     scale = self.broadcast(scale_of(self))
     half = ops.power(2.0, b - 1.0)
-    y = _shrink(ops.divide(kernel, scale), self.broadcast(self.shrink()))
+    y = _shrink(ops.divide(kernel, scale), self.broadcast(self.shrink(bits)))
     return ops.round(ops.clip(y, -half, half - 1.0)), scale
 
   def kept_any(self, bits=None):
@@ -153,7 +160,7 @@ class SparseBitDepth(bits_lib.BitDepth):
     alive = ops.cast(ops.greater(bits, 0.0), "float32") * self.kept_any(bits)
     kernel = self._quantize(
         kernel, self.broadcast(bits), self.broadcast(self.exponent()),
-        self.broadcast(self.shrink()), self.broadcast(alive),
+        self.broadcast(self.shrink(bits)), self.broadcast(alive),
         base.reduce_axes(self._param_shape))
     return kernel, (None if bias is None else ops.multiply(bias, alive))
 
@@ -191,15 +198,27 @@ def scale_of(compressor):
   return ops.power(2.0, compressor.exponent())
 
 
-class _MaxFirstColumn(keras.constraints.Constraint):
-  """Caps column 0 of a `(channels, 2)` variable (the stored bit depths)."""
+class _Clip(keras.constraints.Constraint):
+  """Clips a variable to `[low, high]`."""
 
-  def __init__(self, limit):
-    self.limit = float(limit)
+  def __init__(self, low, high):
+    self.low, self.high = float(low), float(high)
 
   def __call__(self, w):
-    first, second = ops.unstack(w, 2, axis=1)
-    return ops.stack([ops.minimum(first, self.limit), second], axis=1)
+    return ops.clip(w, self.low, self.high)
+
+
+class _ClipColumn(_Clip):
+  """Caps column `column` of a `(channels, 2)` variable at `high`."""
+
+  def __init__(self, column, high):
+    super().__init__(-math.inf, high)
+    self.column = column
+
+  def __call__(self, w):
+    columns = ops.unstack(w, 2, axis=1)
+    columns[self.column] = ops.minimum(columns[self.column], self.high)
+    return ops.stack(columns, axis=1)
 
 
 def _value(kernel):
