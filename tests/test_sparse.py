@@ -67,7 +67,8 @@ def test_dead_zone_zeroes_small_weights_and_kills_empty_channels():
   assert lc.alive.tolist() == [True, True, True, False]
 
 
-def test_sparse_layers_shed_equal_and_round_trip(tmp_path):
+@pytest.mark.parametrize("inputs", [False, True])
+def test_sparse_layers_shed_equal_and_round_trip(inputs, tmp_path):
   """Every layer has channels killed by their threshold and weights in the
   dead zone: shed() computes the same at the same size, and a `.keras`
   file restores it. (tests/test_entropy.py checks that size() counts the
@@ -76,8 +77,10 @@ def test_sparse_layers_shed_equal_and_round_trip(tmp_path):
   base = keras.Sequential([
       keras.Input((8, 8, 3)), L.Conv2D(8, 3, activation="relu"),
       L.Flatten(), L.Dense(12, activation="relu"), L.Dense(6)])
-  model = sc.compress(base, compressor=SparseBitDepth(bits_init=4.0),
-                      protect_outputs=False)
+  compressor = SparseBitDepth(bits_init=4.0)
+  if inputs:  # with input gates, some of them closed
+    compressor = sc.compressors.InputGates(inner=compressor)
+  model = sc.compress(base, compressor=compressor, protect_outputs=False)
   for layer in model.layers:
     if isinstance(layer, sc.layers.CompressedLayer):
       c = layer.compressor
@@ -90,6 +93,9 @@ def test_sparse_layers_shed_equal_and_round_trip(tmp_path):
       bits[dead], t[dead] = 4.0, 1e4
       c.assign(bits=bits)
       c.assign_threshold(t)
+      if inputs and layer.name != "conv2d":
+        n_in = np.asarray(c.input_log_alpha()).size
+        c.assign_input_log_alpha(np.where(rng.random(n_in) < 0.3, -6.0, 3.0))
   x = rng.normal(size=(16, 8, 8, 3)).astype("float32")
   before = np.asarray(model(x))
   # The outputs (but the dead ones) depend on the input.
@@ -152,3 +158,27 @@ def test_fixed_width_storage_is_refused():
   config.compressor = "sparse_bits"
   with pytest.raises(sc.errors.ConfigError, match="storage=entropy"):
     training.validate(config)
+
+
+def test_a_channel_read_only_through_closed_inputs_is_dead():
+  """With input gates, the codes stored are those on open inputs: a
+  channel whose only nonzero weights sit on closed inputs is dead (no
+  bias), and shed() computes the same."""
+  inp = keras.Input((6,))
+  hidden = sc.layers.Dense(3, activation="relu", name="h", compressor=(
+      sc.compressors.InputGates(inner=SparseBitDepth(bits_init=4.0))))(inp)
+  model = keras.Model(inp, L.Dense(2)(hidden))
+  layer = model.get_layer("h")
+  kernel = np.random.default_rng(0).uniform(0.5, 1.0, (6, 3))
+  kernel[2:, 0] = 0.0  # channel 0 reads inputs 0 and 1 only
+  layer.kernel.assign(kernel)
+  layer.bias.assign([1.0, 1.0, 1.0])
+  c = layer.compressor
+  c.initialize(layer.kernel)
+  c.assign_input_log_alpha([-6.0, -6.0, 3.0, 3.0, 3.0, 3.0])
+  np.testing.assert_array_equal(np.asarray(c.state().alive), [0, 1, 1])
+  assert np.asarray(layer.effective_weights()[1])[0] == 0.0
+  x = np.random.default_rng(1).normal(size=(8, 6)).astype("float32")
+  before = np.asarray(model(x))
+  assert before.std(axis=0).min() > 0
+  np.testing.assert_allclose(np.asarray(sc.shed(model)(x)), before, atol=1e-5)

@@ -225,23 +225,36 @@ def _quantize_impl(kernel, bits, exponent, alive, axes):
   def quantize(kernel, bits, exponent):
     def grad(*args, upstream=None):
       g = args[0] if upstream is None else upstream
-      # On an alive channel (high >= low), x - clip(x) is > 0 exactly where
-      # x > high, < 0 exactly where x < low and +0 inside (never a nonzero
-      # denormal), so its sign is `above - below` and `keep` (|sign| <
-      # alive) is `inside * alive`. On a dead channel `above - below` may
-      # differ (low > high), but the gradients there are multiplied by
-      # `live_scale`, 0, as before; only the sign of those zeros can change.
-      side = ops.sign(x - clipped)
-      keep = ops.less(ops.abs(side), alive)
-      g_kernel = ops.where(keep, g, 0.0)
-      g_exp = ops.sum(g * (codes - ops.where(keep, x, 0.0)), axis=axes,
-                      keepdims=True)
-      g_bits = ops.sum(g * side, axis=axes, keepdims=True)
-      return (g_kernel, g_bits * (live_scale * half * _LN2),
-              g_exp * (live_scale * _LN2))
+      return straight_through(g, x, x, clipped, codes, alive, live_scale,
+                              half, axes)[1:]
     return codes * live_scale, grad
 
   return quantize(kernel, bits, exponent)
+
+
+def straight_through(g, x, y, clipped, codes, alive, live_scale, half, axes):
+  """`_quantize_impl`'s gradients for the upstream gradient `g`:
+  `(keep, d/dkernel, d/dbits, d/dexponent)`, `keep` where the kernel's
+  gradient passes. `x` is the kernel in code steps, `y` what is clipped
+  to `[-half, half - 1]` (`x`, or a function of it that is the identity
+  on the weights that pass), `clipped` and `codes` its clipped and
+  rounded values.
+
+  On an alive channel (high >= low), y - clip(y) is > 0 exactly where
+  y > high, < 0 exactly where y < low and +0 inside (never a nonzero
+  denormal), so its sign is `above - below` and `keep` (|sign| < alive)
+  is `inside * alive`. On a dead channel `above - below` may differ
+  (low > high), but the gradients there are multiplied by `live_scale`,
+  0, as before; only the sign of those zeros can change.
+  """
+  side = ops.sign(y - clipped)
+  keep = ops.less(ops.abs(side), alive)
+  g_kernel = ops.where(keep, g, 0.0)
+  g_exp = ops.sum(g * (codes - ops.where(keep, x, 0.0)), axis=axes,
+                  keepdims=True)
+  g_bits = ops.sum(g * side, axis=axes, keepdims=True)
+  return (keep, g_kernel, g_bits * (live_scale * half * _LN2),
+          g_exp * (live_scale * _LN2))
 
 
 # Below this many weights an XLA launch costs more than the ops it fuses.

@@ -174,6 +174,8 @@ class InputGates(base.ChannelCompressor):
     self.check_layer(layer)
     shape = kinds.of(layer).input_param_shape(layer)
     self.inner.build(layer, kernel, param_shape)
+    if hasattr(self.inner, "stored_kernel"):  # e.g. SparseBitDepth
+      self.inner.stored_kernel = lambda: self._gated(kernel, False)
     self._input_shape = tuple(int(d) for d in shape)
     self.num_inputs = math.prod(self._input_shape)
     self.input_log_alpha_param = base.add_param(

@@ -94,7 +94,10 @@ class SparseBitDepth(bits_lib.BitDepth):
     # kept weights hundreds of codes apart, whose frequency table (one
     # entry per code of the range) costs more than the codes.
     self.params.constraint = _ClipColumn(0, self.max_bits / self.lr_multiplier)
-    self._kernel = kernel
+    #: The kernel as its codes are stored, for the liveness check and the
+    #: penalty's share of zeros: the layer's own, or what a wrapper gives
+    #: (`InputGates`: times its test-time gates, closed inputs at 0).
+    self.stored_kernel = lambda: _value(kernel)
     # The soft threshold as a fraction of the grid's top, 2^(b-1) steps,
     # in [0, 1] (a constraint, applied by the optimizer after each update).
     # Not in code steps: then a coarser grid (a larger `e` and a smaller
@@ -146,7 +149,7 @@ class SparseBitDepth(bits_lib.BitDepth):
     Shrinking, clipping and rounding are monotone, so the largest and the
     smallest code of a channel are those of its largest and smallest
     weight: two reductions over the kernel, not its codes."""
-    kernel = _value(self._kernel)
+    kernel = self.stored_kernel()
     axes = base.reduce_axes(self._param_shape)
     extremes = ops.stack([ops.max(kernel, axis=axes, keepdims=True),
                           ops.min(kernel, axis=axes, keepdims=True)])
@@ -169,7 +172,7 @@ class SparseBitDepth(bits_lib.BitDepth):
   def zero_share(self):
     """Each channel's share of weights in its dead zone, smoothed by the
     logistic window (differentiable in the weights, `e` and `t`)."""
-    kernel = _value(self._kernel)
+    kernel = self.stored_kernel()
     x = ops.abs(ops.divide(kernel, self.broadcast(scale_of(self))))
     inside = ops.sigmoid((self.broadcast(self.threshold()) - x) / self.window)
     return self.flat(ops.mean(inside, axis=base.reduce_axes(self._param_shape),
@@ -265,17 +268,12 @@ def _sparse_quantize_impl(kernel, bits, exponent, shrink, alive, axes):
   def quantize(kernel, bits, exponent, shrink):
     def grad(*args, upstream=None):
       g = args[0] if upstream is None else upstream
-      side = ops.sign(y - clipped)
-      keep = ops.less(ops.abs(side), alive)
-      g_kernel = ops.where(keep, g, 0.0)
-      g_exp = ops.sum(g * (codes - ops.where(keep, x, 0.0)), axis=axes,
-                      keepdims=True)
-      g_bits = ops.sum(g * side, axis=axes, keepdims=True)
+      keep, g_kernel, g_bits, g_exp = bits_lib.straight_through(
+          g, x, y, clipped, codes, alive, live_scale, half, axes)
       g_shrink = ops.sum(ops.where(ops.logical_and(keep, outside),
                                    g * ops.sign(x), 0.0),
                          axis=axes, keepdims=True)
-      return (g_kernel, g_bits * (live_scale * half * _LN2),
-              g_exp * (live_scale * _LN2), g_shrink * -live_scale)
+      return g_kernel, g_bits, g_exp, g_shrink * -live_scale
     return codes * live_scale, grad
 
   return quantize(kernel, bits, exponent, shrink)
