@@ -87,5 +87,5 @@ def names():
 
 
 __all__ = ["ChannelCompressor", "BitDepth", "GatedBitDepth",
-           "HardConcreteGate", "InputGates", "SparseBitDepth", "get", "names", "serialize",
-           "register"]
+           "HardConcreteGate", "InputGates", "SparseBitDepth", "get", "names",
+           "serialize", "register"]

@@ -149,6 +149,11 @@ class ChannelCompressor:
     return f"{type(self).__name__}({args})"
 
 
+def value(kernel):
+  """The backend tensor of a variable (traceable, no copy), or `kernel`."""
+  return kernel.value if isinstance(kernel, keras.Variable) else kernel
+
+
 def reduce_axes(param_shape):
   """Kernel axes that a per-channel parameter is broadcast over."""
   return tuple(i for i, d in enumerate(param_shape) if d == 1)

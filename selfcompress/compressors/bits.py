@@ -161,11 +161,10 @@ class BitDepth(base.ChannelCompressor):
   def apply(self, kernel, bias, training=False):
     bits = self.bits()
     alive = ops.cast(ops.greater(bits, 0.0), "float32")
-    if isinstance(kernel, keras.Variable):
-      kernel = kernel.value  # the backend's variable: traceable, no copy
     kernel = self._quantize(
-        kernel, self.broadcast(bits), self.broadcast(self.exponent()),
-        self.broadcast(alive), base.reduce_axes(self._param_shape))
+        base.value(kernel), self.broadcast(bits),
+        self.broadcast(self.exponent()), self.broadcast(alive),
+        base.reduce_axes(self._param_shape))
     return kernel, (None if bias is None else ops.multiply(bias, alive))
 
   # -- accounting -----------------------------------------------------------

@@ -252,10 +252,8 @@ class InputGates(base.ChannelCompressor):
     return InputState(alive=alive, expected=expected)
 
   def _gated(self, kernel, training):
-    if isinstance(kernel, keras.Variable):
-      kernel = kernel.value
     gates = ops.reshape(self.input_gates(training), self._input_shape)
-    return ops.multiply(kernel, gates)
+    return ops.multiply(base.value(kernel), gates)
 
   # -- forward pass ---------------------------------------------------------
 

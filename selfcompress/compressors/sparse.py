@@ -45,9 +45,9 @@ class SparseBitDepth(bits_lib.BitDepth):
   2^(b-1) - 1))`, `x = w / 2^e`, with one learnable `s >= 0` per output
   channel, in code steps (`s = 0` is `BitDepth`). Weights with `|x| < t`,
   `t = s + 1/2` (`threshold()`), get code 0. `s` is learned as a fraction
-  of the channel's largest |w| (`shrink_fraction`, from 0, at the
-  optimizer's learning rate). A channel whose codes are all 0 is dead, as
-  one at `b <= 0` is.
+  of the grid's top, `2^(b-1)` steps (`shrink_fraction`, in [0, 1], from 0,
+  at the optimizer's learning rate). A channel whose codes are all 0 is
+  dead, as one at `b <= 0` is.
 
   Args:
     window: width, in code units, of the logistic window through which the
@@ -97,7 +97,7 @@ class SparseBitDepth(bits_lib.BitDepth):
     #: The kernel as its codes are stored, for the liveness check and the
     #: penalty's share of zeros: the layer's own, or what a wrapper gives
     #: (`InputGates`: times its test-time gates, closed inputs at 0).
-    self.stored_kernel = lambda: _value(kernel)
+    self.stored_kernel = lambda: base.value(kernel)
     # The soft threshold as a fraction of the grid's top, 2^(b-1) steps,
     # in [0, 1] (a constraint, applied by the optimizer after each update).
     # Not in code steps: then a coarser grid (a larger `e` and a smaller
@@ -111,7 +111,7 @@ class SparseBitDepth(bits_lib.BitDepth):
         trainable=True, autocast=False)
     self._channel_variables.append(self.shrink_fraction)
     self._quantize = bits_lib._compile(_sparse_quantize_impl,
-                                       int(_prod(kernel.shape)))
+                                       math.prod(kernel.shape))
 
   def shrink(self, bits=None):
     """Each channel's soft threshold in code steps (`t - 1/2`, >= 0)."""
@@ -134,7 +134,7 @@ class SparseBitDepth(bits_lib.BitDepth):
 
   def codes(self, kernel, bits=None):
     b = self.broadcast(self.bits() if bits is None else bits)
-    scale = self.broadcast(scale_of(self))
+    scale = self.broadcast(self.scale())
     half = ops.power(2.0, b - 1.0)
     y = _shrink(ops.divide(kernel, scale), self.broadcast(self.shrink(bits)))
     return ops.round(ops.clip(y, -half, half - 1.0)), scale
@@ -159,7 +159,7 @@ class SparseBitDepth(bits_lib.BitDepth):
 
   def apply(self, kernel, bias, training=False):
     bits = self.bits()
-    kernel = _value(kernel)
+    kernel = base.value(kernel)
     alive = ops.cast(ops.greater(bits, 0.0), "float32") * self.kept_any(bits)
     kernel = self._quantize(
         kernel, self.broadcast(bits), self.broadcast(self.exponent()),
@@ -173,7 +173,7 @@ class SparseBitDepth(bits_lib.BitDepth):
     """Each channel's share of weights in its dead zone, smoothed by the
     logistic window (differentiable in the weights, `e` and `t`)."""
     kernel = self.stored_kernel()
-    x = ops.abs(ops.divide(kernel, self.broadcast(scale_of(self))))
+    x = ops.abs(ops.divide(kernel, self.broadcast(self.scale())))
     inside = ops.sigmoid((self.broadcast(self.threshold()) - x) / self.window)
     return self.flat(ops.mean(inside, axis=base.reduce_axes(self._param_shape),
                               keepdims=True))
@@ -193,12 +193,6 @@ class SparseBitDepth(bits_lib.BitDepth):
 
 
 _LN2 = math.log(2.0)
-
-
-def scale_of(compressor):
-  """`2^e` per channel, computed as the quantizer computes it (so the
-  codes and the forward pass agree on which weights sit in the dead zone)."""
-  return ops.power(2.0, compressor.exponent())
 
 
 class _Clip(keras.constraints.Constraint):
@@ -222,18 +216,6 @@ class _ClipColumn(_Clip):
     columns = ops.unstack(w, 2, axis=1)
     columns[self.column] = ops.minimum(columns[self.column], self.high)
     return ops.stack(columns, axis=1)
-
-
-def _value(kernel):
-  """The backend tensor of a variable (traceable, no copy)."""
-  return kernel.value if isinstance(kernel, keras.Variable) else kernel
-
-
-def _prod(shape):
-  n = 1
-  for d in shape:
-    n *= int(d)
-  return n
 
 
 def _shrink(x, shrink):
