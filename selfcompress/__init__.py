@@ -6,7 +6,8 @@ native_logs.import_tensorflow()  # before anything imports it
 
 from selfcompress import compressors
 from selfcompress import layers
-from selfcompress.callbacks import CompressionMonitor, TrainingDivergedError
+from selfcompress.callbacks import (CompressionMonitor, TrainingDivergedError,
+                                    WithinBudget)
 from selfcompress.convert import compress
 from selfcompress.exporting import export
 from selfcompress.graph import ChannelGraph
@@ -21,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelGraph", "CompressionMonitor", "SelfCompressingModel", "SizeReport",
     "TrainingDivergedError", "compress", "export", "fit_and_shed", "compressors", "layers", "load_model", "shed", "size",
-    "summary",
+    "summary", "WithinBudget",
 ]

@@ -1,4 +1,5 @@
-"""Callbacks. `CompressionMonitor` is attached by `SelfCompressingModel.fit`."""
+"""Callbacks. `CompressionMonitor`, and `WithinBudget` when the model has a
+`target_kb`, are attached by `SelfCompressingModel.fit`."""
 
 import math
 import os
@@ -97,6 +98,79 @@ class CompressionMonitor(keras.callbacks.Callback):
         continue
       self._warned.add(layer.name)
       warnings.warn(message, stacklevel=2)
+
+
+class WithinBudget(keras.callbacks.Callback):
+  """Ends a `fit()` with weights that fit the model's `target_kb`.
+
+  The budget controller keeps the size near `target_kb` from both sides, so
+  the last step can leave it a little over (0.2-3% on the LeNets), where a
+  budget such as a device's flash is a hard limit. At each epoch end whose
+  size (the epoch-end value `CompressionMonitor` logs) is within the budget,
+  the weights are kept in memory (the latest `keep` such epochs). When
+  training ends over budget by `selfcompress.size()` (the size the report
+  and the export store), the latest kept weights that are within it by that
+  same count are restored, and the epoch they come from is printed and left
+  in `restored_epoch` (1-based; None if nothing was restored). If no epoch
+  ended within the budget the weights stay as they are, with a warning.
+
+  Like Keras' `EarlyStopping(restore_best_weights=True)`, it works on one
+  `fit()`: what it keeps is dropped when the next `fit()` begins (a shed
+  model no longer has the kept weights' shapes).
+  """
+
+  def __init__(self, keep=3, print_fn=print):
+    super().__init__()
+    if int(keep) < 1:
+      raise ValueError(f"`keep` must be an integer >= 1. Received: keep={keep}")
+    self.keep = int(keep)
+    self.print_fn = print_fn
+    self.restored_epoch = None
+    self._kept = []
+
+  def on_train_begin(self, logs=None):
+    self._kept = []
+    self.restored_epoch = None
+
+  def _target(self):
+    return getattr(self.model, "target_kb", None)
+
+  def on_epoch_end(self, epoch, logs=None):
+    target = self._target()
+    if target is None:
+      return
+    size_kb = (logs or {}).get("size_kb")
+    if size_kb is None:
+      size_kb = self.model.size_logs(exact=True)["size_kb"]
+    if float(np.asarray(size_kb)) <= target:
+      self._kept = (self._kept + [(epoch, self.model.get_weights())])[-self.keep:]
+
+  def on_train_end(self, logs=None):
+    from selfcompress import accounting
+    target = self._target()
+    if target is None:
+      return
+    final_kb = accounting.size(self.model).kb
+    if final_kb <= target:
+      return
+    current = self.model.get_weights()
+    for epoch, weights in reversed(self._kept):
+      self.model.set_weights(weights)
+      kb = accounting.size(self.model).kb
+      if kb <= target:
+        self.restored_epoch = epoch + 1
+        if self.print_fn is not None:
+          self.print_fn(
+              f"Training ended at {final_kb:.3f} KB, over target_kb={target:g}: "
+              f"restored the weights of epoch {epoch + 1} ({kb:.3f} KB), the "
+              "latest epoch end within the budget.")
+        return
+    self.model.set_weights(current)
+    warnings.warn(
+        f"Training ended at {final_kb:.3f} KB, over target_kb={target:g}, and "
+        "no epoch of this fit() ended within it. Train longer (or raise "
+        "`target_rate`) so that the budget controller reaches it.",
+        stacklevel=2)
 
 
 class EpochLog(keras.callbacks.Callback):

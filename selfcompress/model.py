@@ -165,12 +165,17 @@ class SelfCompressingModel(keras.Model):
   def fit(self, *args, **kwargs):
     """`keras.Model.fit` with a `CompressionMonitor` attached: a NaN loss
     stops training with an explanation, layers held at `min_channels` are
-    reported, and each epoch's logs carry the exact size at its end. Under
+    reported, and each epoch's logs carry the exact size at its end. With
+    `target_kb`, a `WithinBudget` too: a fit that ends over the budget ends
+    with the weights of its latest epoch end within it. Under
     `MultiWorkerMirroredStrategy` it runs `selfcompress.distribute.fit_loop`
     (same step, loss and callbacks), as Keras' own loop fails there."""
-    from selfcompress.callbacks import CompressionMonitor
+    from selfcompress.callbacks import CompressionMonitor, WithinBudget
     bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
     callbacks = list(bound.arguments.get("callbacks") or [])
+    if (self.target_kb is not None
+        and not any(isinstance(c, WithinBudget) for c in callbacks)):
+      callbacks.insert(0, WithinBudget())
     if not any(isinstance(c, CompressionMonitor) for c in callbacks):
       # First, so that every other callback sees the exact epoch-end size.
       callbacks.insert(0, CompressionMonitor())

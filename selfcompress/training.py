@@ -279,6 +279,7 @@ def _run(config, workdir, strategy, chief, extend_epochs):
   # records this run.
   if chief:
     workdirs.record(workdir, config)
+  budget = None  # WithinBudget, when the model has a target_kb
   if start_epoch < config.epochs:
     fit_verbose, print_fn = verbosity(config)
     callbacks = [cb.EpochLog(history, workdir if chief else None,
@@ -289,6 +290,9 @@ def _run(config, workdir, strategy, chief, extend_epochs):
           checkpoint.Checkpoint(ckpt_dir, history, config.epochs,
                                 config.checkpoint_every_epochs),
       ]
+    if getattr(model, "target_kb", None) is not None:
+      budget = cb.WithinBudget()
+      callbacks.insert(0, budget)
     if chief and config.method == "selfcompress":
       callbacks.append(cb.LayerHistograms(
           os.path.join(workdir, "tensorboard", "layers")))
@@ -306,6 +310,11 @@ def _run(config, workdir, strategy, chief, extend_epochs):
                      initial_epoch=start_epoch, callbacks=callbacks,
                      **fit_kwargs)
 
+  # The epoch whose weights the model ends with: the last, unless the run
+  # ended over its budget and `WithinBudget` restored an earlier one.
+  kept = history[-1] if history else None
+  if budget is not None and budget.restored_epoch:
+    kept = next(r for r in history if r["epoch"] == budget.restored_epoch)
   test = distribute.evaluate(model, ds.test)
   report = sc.size(model)
   metric = objectives.reported(config.metrics)  # classification: accuracy
@@ -323,7 +332,8 @@ def _run(config, workdir, strategy, chief, extend_epochs):
       "compressor": config.compressor,
       "gamma": config.gamma, "target_kb": config.target_kb,
       "train_seconds": sum(r["seconds"] for r in history),
-      f"val_{metric}": history[-1].get(f"val_{metric}") if history else None,
+      "final_epoch": kept["epoch"] if kept else None,
+      f"val_{metric}": kept.get(f"val_{metric}") if kept else None,
       # Equal on every worker of a run, and between reruns of a seed.
       "weights_sha256": _digest(model),
   }

@@ -118,9 +118,79 @@ def test_target_kb_adapts_gamma_to_land_on_budget():
   end_kb = sc.size(cm).kb
   assert start_kb > 2.0
   assert history.history["size_gamma"][-1] > 0.01
-  assert 0.85 <= end_kb <= 1.02, end_kb
+  # Within the budget, not just near it: `WithinBudget` restores the latest
+  # epoch end under it if the last step left the model over.
+  assert 0.85 <= end_kb <= 1.0, end_kb
   assert history.history["accuracy"][-1] > 0.8
 
+
+def _set_bits(model, bits):
+  for layer in model.layers:
+    if hasattr(layer, "compressor"):
+      p = layer.compressor.params
+      p.assign(np.concatenate([np.full_like(np.asarray(p)[:, :1], bits),
+                               np.asarray(p)[:, 1:]], axis=1))
+
+
+def test_within_budget_restores_latest_epoch_end_under_budget(capsys):
+  model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64),
+                            keras.layers.Dense(8)])
+  cm = sc.compress(model, target_kb=1.0)
+  _set_bits(cm, 2.0)
+  small, small_kb = cm.get_weights(), sc.size(cm).kb
+  _set_bits(cm, 3.0)
+  middle, middle_kb = cm.get_weights(), sc.size(cm).kb
+  _set_bits(cm, 8.0)
+  big_kb = sc.size(cm).kb
+  assert small_kb < middle_kb < big_kb
+  cm.target_kb = (middle_kb + big_kb) / 2  # the first two fit, the last not
+  cb = sc.callbacks.WithinBudget()
+  cb.set_model(cm)
+  cb.on_train_begin()
+  for epoch, (weights, kb) in enumerate([(small, small_kb), (middle, middle_kb),
+                                         (cm.get_weights(), big_kb)]):
+    cm.set_weights(weights)
+    cb.on_epoch_end(epoch, {"size_kb": kb})
+  cb.on_train_end()
+  assert cb.restored_epoch == 2  # the latest within budget, not the smallest
+  assert sc.size(cm).kb == middle_kb <= cm.target_kb
+  for got, want in zip(cm.get_weights(), middle):
+    np.testing.assert_array_equal(got, want)
+  assert "restored the weights of epoch 2" in capsys.readouterr().out
+
+  # Ending within the budget changes nothing.
+  cb.on_train_begin()
+  cb.on_epoch_end(0, {"size_kb": small_kb})
+  cb.on_train_end()
+  assert cb.restored_epoch is None
+  assert sc.size(cm).kb == middle_kb
+
+  # No epoch end within the budget: the weights stay, with a warning.
+  cm.target_kb = small_kb / 2
+  cb.on_train_begin()
+  cb.on_epoch_end(0, {"size_kb": middle_kb})
+  with pytest.warns(UserWarning, match="no epoch of this fit"):
+    cb.on_train_end()
+  assert cb.restored_epoch is None and sc.size(cm).kb == middle_kb
+
+
+def test_fit_attaches_within_budget_only_with_a_target(monkeypatch):
+  x, y = _blobs(n=256)
+  began = []
+  original = sc.callbacks.WithinBudget.on_train_begin
+
+  def on_train_begin(self, logs=None):
+    began.append(self.model.target_kb)
+    original(self, logs)
+
+  monkeypatch.setattr(sc.callbacks.WithinBudget, "on_train_begin",
+                      on_train_begin)
+  for target in (None, 50.0):
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+    cm = sc.compress(model, target_kb=target)
+    cm.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
+    cm.fit(x, y, epochs=1, batch_size=64, verbose=0)
+  assert began == [50.0]
 
 def test_nan_loss_stops_with_clear_error():
   x, y = _blobs(n=256)
