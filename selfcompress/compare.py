@@ -44,6 +44,7 @@ import numpy as np
 import selfcompress as sc
 from selfcompress import (checkpoint, data, imp, keras_export, models, plots,
                           pruning, training)
+from selfcompress import config as config_lib
 from selfcompress.pruning import gradual
 from selfcompress.errors import ConfigError
 
@@ -240,8 +241,7 @@ def run_gmp(config, budget_kb, seed, root, data_dir=None, output_rate=1.0,
   finished = _finished(workdir)
   if finished is not None:
     return finished
-  c = _seeded(config, seed, data_dir)
-  c.method = "dense"
+  c = config_lib.dense(_seeded(config, seed, data_dir))
   ds = data.from_config(c, first_epoch=0)
   keras.utils.set_random_seed(seed)
   model = pruning.attach(models.get(c.model, ds.input_shape, ds.num_classes,

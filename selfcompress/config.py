@@ -201,14 +201,34 @@ def describe(config=None):
   return "\n".join(lines)
 
 
+# Settings of the compression, meaningless to a dense run (besides
+# compressor_per_layer); `training.validate` refuses them there.
+COMPRESSION_FIELDS = ("target_kb", "compressor", "shed_every_epochs")
+
+
+def dense(config):
+  """`config` as its dense float32 baseline: `method="dense"`, with the
+  compression's settings back at their defaults. Changes `config`; returns
+  it."""
+  defaults = base()
+  config.method = "dense"
+  for field in COMPRESSION_FIELDS:
+    config[field] = defaults[field]
+  config.compressor_per_layer = ml_collections.ConfigDict()
+  return config
+
+
 def apply_arg(config, arg):
   """Applies the `:arg` of `--config=configs/x.py:arg`.
 
   `smoke` shrinks any config to a run of seconds (few examples, 2 epochs)
-  that exercises the whole pipeline.
+  that exercises the whole pipeline. `dense` makes it the dense float32
+  baseline of the same model, data and schedule (`dense()`).
   """
   for part in filter(None, (arg or "").split(",")):
-    if part == "smoke":
+    if part == "dense":
+      dense(config)
+    elif part == "smoke":
       config.epochs = 2
       config.max_train_examples = 512
       config.batch_size = 64
@@ -217,7 +237,7 @@ def apply_arg(config, arg):
       config.imp.levels = min(config.imp.levels, 2)
     else:
       raise ConfigError(f"Unknown config argument {part!r} (in "
-                        "--config=FILE:ARG); known: smoke.")
+                        "--config=FILE:ARG); known: smoke, dense.")
   return config
 
 

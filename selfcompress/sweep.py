@@ -20,10 +20,12 @@ def run_sweep(config, workdir, gammas, seeds=(0,), dense=True):
   if not gammas:
     raise ConfigError("Give at least one gamma to sweep (--gammas).")
   if config.target_kb is not None:
-    raise ConfigError(
-        f"Bad config value: target_kb={config.target_kb}: a sweep varies "
-        "gamma, which a size budget overrides (every run would land on "
-        "it); set --config.target_kb=None.")
+    # A budget would override every gamma (each run would land on it).
+    print(f"A sweep varies gamma: the config's target_kb={config.target_kb:g} "
+          "is not used.")
+    config = copy.deepcopy(config)
+    config.unlock()
+    config.target_kb = None
   if tuple(config.metrics)[:1] != ("accuracy",):
     raise ConfigError(
         f"Bad config value: metrics={tuple(config.metrics)!r}: a sweep plots "
@@ -34,7 +36,6 @@ def run_sweep(config, workdir, gammas, seeds=(0,), dense=True):
 
 
 def _sweep(config, workdir, gammas, seeds, dense):
-  defaults = base_config.base()
   runs = []
   jobs = [("selfcompress", g, s) for g in gammas for s in seeds]
   if dense:
@@ -44,9 +45,7 @@ def _sweep(config, workdir, gammas, seeds, dense):
     c.unlock()
     c.method, c.seed = method, seed
     if method == "dense":  # the compression's settings mean nothing to it
-      for field in training.COMPRESSION_FIELDS:
-        c[field] = defaults[field]
-      c.compressor_per_layer = {}
+      base_config.dense(c)
     name = f"dense_seed{seed}" if method == "dense" else f"gamma{gamma:g}_seed{seed}"
     if gamma is not None:
       c.gamma = float(gamma)

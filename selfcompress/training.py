@@ -24,9 +24,6 @@ from selfcompress import config as base_config
 from selfcompress.errors import ConfigError
 
 METHODS = ("selfcompress", "dense")
-# Settings of the compression, meaningless to a dense run (besides
-# compressor_per_layer); `validate` refuses them there.
-COMPRESSION_FIELDS = ("target_kb", "compressor", "shed_every_epochs")
 # config.compressor -> the ChannelCompressor class; "none" (per layer only)
 # leaves a layer uncompressed.
 COMPRESSORS = {
@@ -110,13 +107,15 @@ def validate(config):
   if config.method == "dense":
     # Settings of the compression that a dense run would silently ignore.
     defaults = base_config.base()
-    for field in COMPRESSION_FIELDS:
+    for field in base_config.COMPRESSION_FIELDS:
       if config[field] != defaults[field]:
         bad(field, "has no meaning with method='dense' (a float32 model "
-            "without compression); remove it, or set method='selfcompress'")
+            "without compression); for the config's dense baseline use "
+            "--config=FILE:dense, or set method='selfcompress'")
     if config.compressor_per_layer:
-      bad("compressor_per_layer", "has no meaning with method='dense'; "
-          "remove it, or set method='selfcompress'")
+      bad("compressor_per_layer", "has no meaning with method='dense'; for "
+          "the config's dense baseline use --config=FILE:dense, or set "
+          "method='selfcompress'")
 
 
 class OffsetSchedule(keras.optimizers.schedules.LearningRateSchedule):

@@ -51,6 +51,9 @@ def smoke_config(data_dir, **overrides):
   # Tests extend runs to a larger `epochs`, which a cosine schedule (fixed
   # by the run's length) does not allow.
   config.lr_schedule = "constant"
+  # The tests below are about the pipeline, not the config's recipe: a
+  # fixed gamma and fixed-width codes, whatever the config's defaults.
+  config.target_kb, config.compressor, config.storage = None, "bits", "fixed"
   config.num_validation = 100
   config.verbose = 0
   for key, value in overrides.items():
@@ -60,10 +63,12 @@ def smoke_config(data_dir, **overrides):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_configs_load_and_validate(path):
-  for arg in (None, "smoke"):
+  for arg in (None, "smoke", "dense", "smoke,dense"):
     config = load_config(path, arg)
-    training.validate(config)
+    training.validate(config)  # `dense` clears the compression's settings
     assert config.epochs >= 1
+    assert (config.method == "dense") == ("dense" in (arg or "")
+                                          or path.endswith("_imp.py"))
   tool = "imp" if path.endswith("_imp.py") else "train"
   assert f"python tools/{tool}.py --config=configs/" in open(path).read()
 
@@ -366,9 +371,12 @@ def test_sweep_runs_each_gamma_and_the_dense_baseline(tmp_path):
   workdir = str(tmp_path / "sweep")
   # The dense baseline drops the compression settings (which validation
   # refuses with method='dense') instead of failing on them.
-  config = smoke_config(data_dir, epochs=1, compressor="gates")
+  # A budget (the LeNet configs carry one) is set aside: a sweep varies gamma.
+  config = smoke_config(data_dir, epochs=1, compressor="gates", target_kb=8.0)
   points = sweep.run_sweep(config, workdir, gammas=[0.1], seeds=[0])
   assert sorted(p["method"] for p in points) == ["dense", "selfcompress"]
+  run = json.load(open(os.path.join(workdir, "gamma0.1_seed0", "config.json")))
+  assert run["target_kb"] is None and run["gamma"] == 0.1
   dense = json.load(open(os.path.join(workdir, "dense_seed0", "config.json")))
   assert dense["method"] == "dense" and dense["compressor"] == "bits"
   for name in ("sweep.json", "pareto.png", "gamma0.1_seed0/results.json"):
