@@ -28,6 +28,10 @@ per reported point and never chooses anything. Methods:
                accuracy within 0.2 points (the lottery-ticket control for
                the structure self-compression found).
 
+Same data for every method: the IMP config reads the self-compression
+config's data settings (`DATA_FIELDS`: dataset, split and augmentation);
+where they differed, the harness says so.
+
 Each run has its own workdir under the root and resumes or is skipped like
 any run of the tools, so an interrupted benchmark continues where it stopped.
 """
@@ -56,6 +60,12 @@ SC_VARIANTS = {
     "inputs_bits_entropy": {"compressor": "inputs+bits", "storage": "entropy"},
     "sparse_bits_entropy": {"compressor": "sparse_bits", "storage": "entropy"},
 }
+# The config fields that make the data (what is read, how it is split,
+# preprocessed and augmented): one setting for every method of a benchmark.
+DATA_FIELDS = ("dataset", "data_dir", "download", "verify_checksums",
+               "num_validation", "max_train_examples", "image_size",
+               "color_mode", "tfrecord", "num_classes", "rescale",
+               "standardize", "random_crop_padding", "random_flip")
 TOLERANCE = 0.002  # dense_final's quantization: validation points it may lose
 GMP_BITS = 4  # gmp: the value bits its final sparsity is sized for
 FLOOR_SLACK = 1.25  # IMP over budget everywhere: sizes it may choose among
@@ -305,6 +315,24 @@ def run_dense_final(sc_config, sc_method, seed, root, data_dir=None):
   return result
 
 
+def same_data(config, source, print_fn=print):
+  """A copy of `config` with `source`'s data settings (`DATA_FIELDS`)."""
+  c = copy.deepcopy(config)
+  c.unlock()
+  changed = []
+  for field in DATA_FIELDS:
+    theirs, ours = source[field], c[field]
+    if hasattr(theirs, "to_dict"):
+      theirs, ours = theirs.to_dict(), ours.to_dict()
+    if theirs != ours:
+      changed.append(f"{field}={theirs!r} (was {ours!r})")
+      c[field] = copy.deepcopy(source[field])
+  if changed:
+    print_fn("Same data for every method: the IMP config takes the "
+             "self-compression config's " + ", ".join(changed) + ".")
+  return c
+
+
 def run(methods, seeds, budget_kb, root, *, sc_config, imp_config,
         final_from=None, data_dir=None, print_fn=print):
   """Runs every method for every seed (seed by seed, so a slow machine
@@ -315,6 +343,7 @@ def run(methods, seeds, budget_kb, root, *, sc_config, imp_config,
       :methods.index("dense_final")]:
     raise ConfigError(f"--final_from={final_from} must be one of the methods "
                       "listed before dense_final.")
+  imp_config = same_data(imp_config, sc_config, print_fn)
   rows = []
   for seed in seeds:
     for method, (kind, arg) in zip(methods, kinds):

@@ -83,3 +83,16 @@ def test_bad_methods(methods, final_from, message, tmp_path):
     compare.run(methods, [0], 8.0, str(tmp_path), sc_config=None,
                 imp_config=None, final_from=final_from)
   assert not os.listdir(tmp_path)
+
+
+def test_imp_reads_the_self_compression_configs_data(data_dir):
+  """Same data for every method: an augmentation (or split) set on the
+  self-compression config reaches IMP's runs, and the harness says so."""
+  sc_config = smoke_config(data_dir, random_crop_padding=1, num_validation=50)
+  lines = []
+  c = compare.same_data(imp_config(data_dir), sc_config, lines.append)
+  assert c.random_crop_padding == 1 and c.num_validation == 50
+  assert c.imp.levels == 1 and c.method == "dense"  # the rest is IMP's own
+  assert "random_crop_padding=1 (was 0)" in lines[0]
+  lines = []
+  assert compare.same_data(c, sc_config, lines.append) == c and not lines

@@ -54,6 +54,7 @@ def smoke_config(data_dir, **overrides):
   # The tests below are about the pipeline, not the config's recipe: a
   # fixed gamma and fixed-width codes, whatever the config's defaults.
   config.target_kb, config.compressor, config.storage = None, "bits", "fixed"
+  config.random_crop_padding = 0
   config.num_validation = 100
   config.verbose = 0
   for key, value in overrides.items():
