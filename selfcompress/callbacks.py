@@ -115,8 +115,11 @@ class WithinBudget(keras.callbacks.Callback):
   ended within the budget the weights stay as they are, with a warning.
 
   Like Keras' `EarlyStopping(restore_best_weights=True)`, it works on one
-  `fit()`: what it keeps is dropped when the next `fit()` begins (a shed
-  model no longer has the kept weights' shapes).
+  `fit()`: what it keeps is dropped when the next `fit()` begins. Training
+  in segments (`fit_and_shed`) sets `final=False` for its segments and
+  calls `land()` once at the end: weights kept in one segment carry over to
+  the next while the model is the same object (a shed one has other
+  shapes, and starts afresh).
   """
 
   def __init__(self, keep=3, print_fn=print):
@@ -126,10 +129,16 @@ class WithinBudget(keras.callbacks.Callback):
     self.keep = int(keep)
     self.print_fn = print_fn
     self.restored_epoch = None
+    #: False while a fit() is one segment of a longer training: then
+    #: `on_train_end` leaves the landing to the caller's `land()`.
+    self.final = True
     self._kept = []
+    self._owner = None
 
   def on_train_begin(self, logs=None):
-    self._kept = []
+    if self.final or self._owner is not self.model:
+      self._kept = []
+    self._owner = self.model
     self.restored_epoch = None
 
   def _target(self):
@@ -146,9 +155,15 @@ class WithinBudget(keras.callbacks.Callback):
       self._kept = (self._kept + [(epoch, self.model.get_weights())])[-self.keep:]
 
   def on_train_end(self, logs=None):
+    if self.final:
+      self.land()
+
+  def land(self):
+    """Restores the latest kept weights within the budget if the model is
+    over it now (see the class docstring)."""
     from selfcompress import accounting
     target = self._target()
-    if target is None:
+    if target is None or self.model is None:
       return
     final_kb = accounting.size(self.model).kb
     if final_kb <= target:
@@ -168,7 +183,7 @@ class WithinBudget(keras.callbacks.Callback):
     self.model.set_weights(current)
     warnings.warn(
         f"Training ended at {final_kb:.3f} KB, over target_kb={target:g}, and "
-        "no epoch of this fit() ended within it. Train longer (or raise "
+        "no epoch of this training ended within it. Train longer (or raise "
         "`target_rate`) so that the budget controller reaches it.",
         stacklevel=2)
 

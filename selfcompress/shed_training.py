@@ -8,6 +8,7 @@ from selfcompress import distribute
 from selfcompress import graph as graph_lib
 from selfcompress import kinds
 from selfcompress import shedding
+from selfcompress.callbacks import WithinBudget
 
 
 def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
@@ -32,7 +33,9 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
       training step, which costs seconds; shedding a handful of channels
       does not pay for that.
     epochs, initial_epoch, callbacks, **fit_kwargs: as for `fit`. Callbacks
-      see `on_train_begin`/`on_train_end` once per segment.
+      see `on_train_begin`/`on_train_end` once per segment, except a
+      `WithinBudget` (one is added for a model with a `target_kb`), which
+      lands once, at the end of the whole training.
 
   Returns:
     `(model, history)`: the final (shed) model, and a `History` whose
@@ -43,18 +46,33 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
                      f"{shed_every_epochs}")
   history = keras.callbacks.History()
   history.history, history.epoch = {}, []
-  epoch = initial_epoch
-  while epoch < epochs and not getattr(model, "stop_training", False):
-    if epoch > 0 and epoch % shed_every_epochs == 0:
-      model = _shed(model, epoch, min_reduction)
-    stop = min(epochs, (epoch // shed_every_epochs + 1) * shed_every_epochs)
-    segment = distribute.fit(model, train(epoch) if callable(train) else train,
-                             epochs=stop, initial_epoch=epoch,
-                             callbacks=callbacks, **fit_kwargs)
-    for key, values in segment.history.items():
-      history.history.setdefault(key, []).extend(values)
-    history.epoch.extend(segment.epoch)
-    epoch = stop
+  callbacks = list(callbacks or [])
+  # One WithinBudget for the whole training, landing once at its end (each
+  # segment's fit() would otherwise attach its own and land at its end).
+  budgets = [c for c in callbacks if isinstance(c, WithinBudget)]
+  if not budgets and getattr(model, "target_kb", None) is not None:
+    budgets = [WithinBudget()]
+    callbacks.append(budgets[0])
+  for budget in budgets:
+    budget.final = False
+  try:
+    epoch = initial_epoch
+    while epoch < epochs and not getattr(model, "stop_training", False):
+      if epoch > 0 and epoch % shed_every_epochs == 0:
+        model = _shed(model, epoch, min_reduction)
+      stop = min(epochs, (epoch // shed_every_epochs + 1) * shed_every_epochs)
+      segment = distribute.fit(model, train(epoch) if callable(train) else train,
+                               epochs=stop, initial_epoch=epoch,
+                               callbacks=callbacks, **fit_kwargs)
+      for key, values in segment.history.items():
+        history.history.setdefault(key, []).extend(values)
+      history.epoch.extend(segment.epoch)
+      epoch = stop
+  finally:
+    for budget in budgets:
+      budget.final = True
+  for budget in budgets:
+    budget.land()
   history.set_model(model)
   return model, history
 

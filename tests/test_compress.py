@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -169,9 +170,58 @@ def test_within_budget_restores_latest_epoch_end_under_budget(capsys):
   cm.target_kb = small_kb / 2
   cb.on_train_begin()
   cb.on_epoch_end(0, {"size_kb": middle_kb})
-  with pytest.warns(UserWarning, match="no epoch of this fit"):
+  with pytest.warns(UserWarning, match="no epoch of this training"):
     cb.on_train_end()
   assert cb.restored_epoch is None and sc.size(cm).kb == middle_kb
+
+
+def test_within_budget_carries_its_weights_across_segments():
+  model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64),
+                            keras.layers.Dense(8)])
+  cm = sc.compress(model, target_kb=1.0)
+  _set_bits(cm, 2.0)
+  small, small_kb = cm.get_weights(), sc.size(cm).kb
+  _set_bits(cm, 8.0)
+  cm.target_kb = (small_kb + sc.size(cm).kb) / 2
+  cb = sc.WithinBudget(print_fn=None)
+  cb.final = False  # as fit_and_shed sets it for its segments
+  cb.set_model(cm)
+  cb.on_train_begin()
+  cm.set_weights(small)
+  cb.on_epoch_end(0, {"size_kb": small_kb})
+  cb.on_train_end()  # a segment's end: no landing yet
+  _set_bits(cm, 8.0)
+  cb.on_train_begin()  # the next segment, same model: the weights carry
+  cb.on_epoch_end(1, {"size_kb": sc.size(cm).kb})
+  cb.on_train_end()
+  assert sc.size(cm).kb > cm.target_kb
+  cb.final = True
+  cb.land()
+  assert cb.restored_epoch == 1 and sc.size(cm).kb == small_kb
+  # A segment on another model (a shed one) starts afresh.
+  other = sc.compress(keras.Sequential([keras.Input((16,)),
+                                        keras.layers.Dense(8)]), target_kb=1.0)
+  cb.final = False
+  cb.set_model(other)
+  cb.on_train_begin()
+  assert cb._kept == []
+
+
+def test_fit_and_shed_lands_once_at_the_end():
+  import tensorflow as tf
+  x, y = _blobs(n=256)
+  model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32),
+                            keras.layers.Dense(8)])
+  cm = sc.compress(model, target_kb=0.1)
+  cm.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
+  cm.target_rate = 1e-9  # gamma stays put: the budget stays out of reach
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    sc.fit_and_shed(cm, tf.data.Dataset.from_tensor_slices((x, y)).batch(64),
+                    epochs=3, shed_every_epochs=1, min_reduction=0.99,
+                    verbose=0)
+  over = [w for w in caught if "no epoch of this training" in str(w.message)]
+  assert len(over) == 1, [str(w.message) for w in caught]
 
 
 def test_fit_attaches_within_budget_only_with_a_target(monkeypatch):
