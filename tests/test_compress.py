@@ -133,12 +133,17 @@ def _set_bits(model, bits):
                                np.asarray(p)[:, 1:]], axis=1))
 
 
-def test_within_budget_restores_latest_epoch_end_under_budget(capsys):
+def _budgeted_at(bits):
+  """A budgeted model at `bits`, with its weights and size there."""
   model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64),
                             keras.layers.Dense(8)])
   cm = sc.compress(model, target_kb=1.0)
-  _set_bits(cm, 2.0)
-  small, small_kb = cm.get_weights(), sc.size(cm).kb
+  _set_bits(cm, bits)
+  return cm, cm.get_weights(), sc.size(cm).kb
+
+
+def test_within_budget_restores_latest_epoch_end_under_budget(capsys):
+  cm, small, small_kb = _budgeted_at(2.0)
   _set_bits(cm, 3.0)
   middle, middle_kb = cm.get_weights(), sc.size(cm).kb
   _set_bits(cm, 8.0)
@@ -176,11 +181,7 @@ def test_within_budget_restores_latest_epoch_end_under_budget(capsys):
 
 
 def test_within_budget_carries_its_weights_across_segments():
-  model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64),
-                            keras.layers.Dense(8)])
-  cm = sc.compress(model, target_kb=1.0)
-  _set_bits(cm, 2.0)
-  small, small_kb = cm.get_weights(), sc.size(cm).kb
+  cm, small, small_kb = _budgeted_at(2.0)
   _set_bits(cm, 8.0)
   cm.target_kb = (small_kb + sc.size(cm).kb) / 2
   cb = sc.WithinBudget(print_fn=None)
