@@ -205,12 +205,11 @@ class _Clip(keras.constraints.Constraint):
     return ops.clip(w, self.low, self.high)
 
 
-class _ClipColumn(_Clip):
+class _ClipColumn(keras.constraints.Constraint):
   """Caps column `column` of a `(channels, 2)` variable at `high`."""
 
   def __init__(self, column, high):
-    super().__init__(-math.inf, high)
-    self.column = column
+    self.column, self.high = column, float(high)
 
   def __call__(self, w):
     columns = ops.unstack(w, 2, axis=1)
