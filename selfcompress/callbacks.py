@@ -188,6 +188,22 @@ class WithinBudget(keras.callbacks.Callback):
         stacklevel=2)
 
 
+class TensorBoard(keras.callbacks.TensorBoard):
+  """`keras.callbacks.TensorBoard` without a per-step cost at
+  `update_freq="epoch"` (its default).
+
+  Keras' callback hands every step's logs to `tf.summary.scalar` even then,
+  where no writer records them: one call per logged value per step (seven
+  for a self-compressing model), about 0.15 s of a 3.3 s LeNet-300-100
+  epoch on 2 CPU cores. This one passes them on only when they are
+  recorded; the graph and the profiler work as in Keras'.
+  """
+
+  def on_train_batch_end(self, batch, logs=None):
+    super().on_train_batch_end(
+        batch, None if self.update_freq == "epoch" else logs)
+
+
 class EpochLog(keras.callbacks.Callback):
   """Records each epoch's logs and prints one readable line per epoch
   (`print_fn=None`: prints nothing, e.g. under Keras' own progress bar).

@@ -285,7 +285,7 @@ def _run(config, workdir, strategy, chief, extend_epochs):
                              config.epochs, print_fn=print_fn)]
     if chief:
       callbacks += [
-          keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+          cb.TensorBoard(os.path.join(workdir, "tensorboard")),
           checkpoint.Checkpoint(ckpt_dir, history, config.epochs,
                                 config.checkpoint_every_epochs),
       ]

@@ -424,3 +424,29 @@ def test_checkpoint_with_other_optimizer_state_refuses_to_resume(tmp_path):
       z.write(tmp_path / "x" / name, name)
   with pytest.raises(errors.WorkdirError, match="cannot resume"):
     checkpoint.restore(str(tmp_path))
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_tensorboard_passes_no_step_logs_it_does_not_record(tmp_path,
+                                                            monkeypatch, ours):
+  """At update_freq="epoch" Keras' callback still calls tf.summary.scalar
+  with every step's logs (nothing records them); ours does not, and still
+  writes the epoch's."""
+  import keras
+  from selfcompress import callbacks
+  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+  model.compile("sgd", "mse")
+  board = (callbacks.TensorBoard if ours else keras.callbacks.TensorBoard)(
+      str(tmp_path))
+  names, scalar = [], board.summary.scalar  # the module the callback uses
+
+  def counting(name, *args, **kwargs):
+    names.append(name)
+    return scalar(name, *args, **kwargs)
+
+  monkeypatch.setattr(board.summary, "scalar", counting)
+  x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+  model.fit(x, x[:, :2], batch_size=8, epochs=2, callbacks=[board], verbose=0)
+  per_step = [n for n in names if n.startswith("batch_")]
+  assert (not per_step) if ours else len(per_step) == 8
+  assert names.count("epoch_loss") == 2
