@@ -120,26 +120,56 @@ class WithinBudget(keras.callbacks.Callback):
   calls `land()` once at the end: weights kept in one segment carry over to
   the next while the model is the same object (a shed one has other
   shapes, and starts afresh).
+
+  With `directory`, the latest kept weights are also written there
+  (`within_budget.npz`, atomically), and a `fit()` that resumes a training
+  (`initial_epoch` after the epoch they come from) starts from them if they
+  fit the model's shapes: a run killed and resumed can still land on an
+  epoch from before the resume.
   """
 
-  def __init__(self, keep=3, print_fn=print):
+  FILE = "within_budget.npz"
+
+  def __init__(self, keep=3, print_fn=print, directory=None):
     super().__init__()
     if int(keep) < 1:
       raise ValueError(f"`keep` must be an integer >= 1. Received: keep={keep}")
     self.keep = int(keep)
     self.print_fn = print_fn
+    self.directory = None if directory is None else os.fspath(directory)
     self.restored_epoch = None
     #: False while a fit() is one segment of a longer training: then
     #: `on_train_end` leaves the landing to the caller's `land()`.
     self.final = True
     self._kept = []
     self._owner = None
+    self._resuming = False
 
   def on_train_begin(self, logs=None):
     if self.final or self._owner is not self.model:
       self._kept = []
     self._owner = self.model
     self.restored_epoch = None
+    self._resuming = self.directory is not None and not self._kept
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if self._resuming:  # the fit's first epoch: is this a resumed training?
+      self._resuming = False
+      self._kept = self._saved(before=epoch)
+
+  def _saved(self, before):
+    """`[(epoch, weights)]` from `directory` if it holds weights of an
+    epoch before `before` in this model's shapes, else `[]`."""
+    path = os.path.join(self.directory, self.FILE)
+    if not os.path.exists(path):
+      return []
+    with np.load(path) as f:
+      epoch = int(f["epoch"])
+      weights = [f[f"w{i}"] for i in range(len(f.files) - 1)]
+    shapes = [tuple(np.shape(w)) for w in self.model.get_weights()]
+    if epoch >= before or [w.shape for w in weights] != shapes:
+      return []
+    return [(epoch, weights)]
 
   def _target(self):
     return getattr(self.model, "target_kb", None)
@@ -152,7 +182,13 @@ class WithinBudget(keras.callbacks.Callback):
     if size_kb is None:
       size_kb = self.model.size_logs(exact=True)["size_kb"]
     if float(np.asarray(size_kb)) <= target:
-      self._kept = (self._kept + [(epoch, self.model.get_weights())])[-self.keep:]
+      weights = self.model.get_weights()
+      self._kept = (self._kept + [(epoch, weights)])[-self.keep:]
+      if self.directory is not None:
+        checkpoint.atomic_write(
+            os.path.join(self.directory, self.FILE),
+            lambda tmp: np.savez(tmp, epoch=epoch, **{
+                f"w{i}": w for i, w in enumerate(weights)}))
 
   def on_train_end(self, logs=None):
     if self.final:

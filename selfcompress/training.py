@@ -290,7 +290,9 @@ def _run(config, workdir, strategy, chief, extend_epochs):
                                 config.checkpoint_every_epochs),
       ]
     if getattr(model, "target_kb", None) is not None:
-      budget = cb.WithinBudget()
+      # Its kept weights go to the checkpoints: a resumed run can land
+      # on an epoch from before the resume.
+      budget = cb.WithinBudget(directory=ckpt_dir if chief else None)
       callbacks.insert(0, budget)
     if chief and config.method == "selfcompress":
       callbacks.append(cb.LayerHistograms(

@@ -208,6 +208,45 @@ def test_within_budget_carries_its_weights_across_segments():
   assert cb._kept == []
 
 
+def test_within_budget_lands_on_an_epoch_from_before_a_resume(tmp_path):
+  cm, small, small_kb = _budgeted_at(2.0)
+  _set_bits(cm, 8.0)
+  big, big_kb = cm.get_weights(), sc.size(cm).kb
+  cm.target_kb = (small_kb + big_kb) / 2
+  first = sc.WithinBudget(print_fn=None, directory=tmp_path)
+  first.set_model(cm)
+  first.on_train_begin()
+  first.on_epoch_begin(0)
+  cm.set_weights(small)
+  first.on_epoch_end(0, {"size_kb": small_kb})  # within: written
+  # The process dies here; a new one resumes at epoch 1 and ends over.
+  resumed = sc.WithinBudget(print_fn=None, directory=tmp_path)
+  resumed.set_model(cm)
+  resumed.on_train_begin()
+  resumed.on_epoch_begin(1)
+  cm.set_weights(big)
+  resumed.on_epoch_end(1, {"size_kb": big_kb})
+  resumed.on_train_end()
+  assert resumed.restored_epoch == 1 and sc.size(cm).kb == small_kb
+  for got, want in zip(cm.get_weights(), small):
+    np.testing.assert_array_equal(got, want)
+  # Weights of the resumed epoch itself or later (written before the
+  # process died, but not checkpointed) are not from before the resume.
+  cm.set_weights(big)
+  again = sc.WithinBudget(print_fn=None, directory=tmp_path)
+  again.set_model(cm)
+  again.on_train_begin()
+  again.on_epoch_begin(0)
+  assert again._kept == []
+  # Nor are another model's (a shed one's).
+  other = sc.compress(keras.Sequential([keras.Input((16,)),
+                                        keras.layers.Dense(8)]), target_kb=1.0)
+  again.set_model(other)
+  again.on_train_begin()
+  again.on_epoch_begin(5)
+  assert again._kept == []
+
+
 def test_fit_and_shed_lands_once_at_the_end():
   import tensorflow as tf
   x, y = _blobs(n=256)
