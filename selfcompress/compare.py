@@ -65,7 +65,8 @@ SC_VARIANTS = {
 DATA_FIELDS = ("dataset", "data_dir", "download", "verify_checksums",
                "num_validation", "max_train_examples", "image_size",
                "color_mode", "tfrecord", "num_classes", "rescale",
-               "standardize", "random_crop_padding", "random_flip")
+               "standardize", "random_crop_padding", "random_flip",
+               "drop_remainder")
 TOLERANCE = 0.002  # dense_final's quantization: validation points it may lose
 GMP_BITS = 4  # gmp: the value bits its final sparsity is sized for
 FLOOR_SLACK = 1.25  # IMP over budget everywhere: sizes it may choose among
@@ -257,7 +258,7 @@ def run_gmp(config, budget_kb, seed, root, data_dir=None, output_rate=1.0,
   model = pruning.attach(models.get(c.model, ds.input_shape, ds.num_classes,
                                     **dict(c.model_kwargs)))
   sparsity = _gmp_sparsity(model, budget_kb, GMP_BITS, output_rate, seed)
-  steps = -(-ds.num_train // c.batch_size)
+  steps = ds.steps_per_epoch
   total = steps * c.epochs
   schedule = gradual.GradualPruning(
       sparsity, begin_step=min(steps, total // 2), end_step=int(0.7 * total),
@@ -299,7 +300,7 @@ def run_dense_final(sc_config, sc_method, seed, root, data_dir=None):
   keras.utils.set_random_seed(seed)
   model = keras.models.clone_model(twin)  # same layers, fresh weights
   pruning.attach(model)  # for the size rule IMP's points use
-  steps = -(-ds.num_train // c.batch_size)
+  steps = ds.steps_per_epoch
   training.compile_model(model, training.learning_rate(c, steps), c)
   start = time.perf_counter()
   model.fit(ds.train, epochs=c.epochs, steps_per_epoch=steps, shuffle=False,

@@ -46,6 +46,9 @@ DOCS = {
     "random_crop_padding": "augment training images: pad N pixels, crop "
                            "back at random; 0: off",
     "random_flip": "augment training images: random horizontal flips",
+    "drop_remainder": "train on full batches only: each epoch leaves out "
+                      "its last partial batch (a batch of another size "
+                      "costs an XLA step a second compilation)",
     "model": "a built-in model (mlp | lenet300 | lenet5 | convnet | "
              "resnet20 | resnet_tiny), package.module:function, "
              "keras.applications.NAME or FILE.keras",
@@ -137,6 +140,7 @@ def base():
   c.standardize = True
   c.random_crop_padding = 0
   c.random_flip = False
+  c.drop_remainder = False
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict()
   c.loss = "sparse_categorical_crossentropy"

@@ -312,6 +312,7 @@ class Options:
     standardize: bool
     random_crop_padding: int
     random_flip: bool
+    drop_remainder: bool = False
 
 
 def _field(config, key):
@@ -344,7 +345,8 @@ def options_from(config=None):
     return Options(image_size=tuple(get("image_size")), color_mode=get("color_mode"), tfrecord=tfrecord,
                    num_classes=get("num_classes"), regression=objectives.is_regression(get("loss")),
                    rescale=get("rescale"), standardize=get("standardize"),
-                   random_crop_padding=get("random_crop_padding"), random_flip=get("random_flip"))
+                   random_crop_padding=get("random_crop_padding"), random_flip=get("random_flip"),
+                   drop_remainder=bool(get("drop_remainder")))
 
 
 def validate(config):
@@ -389,6 +391,7 @@ class Datasets:
     mean: float
     std: float
     train_from: object = None  # epoch -> the training stream from that epoch on
+    steps_per_epoch: int = None  # training batches per epoch
 
 
 def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, flatten=False,
@@ -429,19 +432,25 @@ def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, fla
     add_channel_axis = x_train.ndim == 3 and x_train.dtype == np.uint8  # grayscale images
     common = {"mean": mean, "std": std, "flatten": flatten, "add_channel_axis": add_channel_axis,
               "rescale": opts.rescale}
-    augmentation = {"crop_padding": opts.random_crop_padding, "flip": opts.random_flip}
+    train_opts = {"crop_padding": opts.random_crop_padding, "flip": opts.random_flip,
+                    "drop_remainder": opts.drop_remainder}
+    if opts.drop_remainder and len(x_train) < batch_size:
+        raise DataError(f"drop_remainder leaves no batch: {len(x_train)} training examples are fewer "
+                        f"than batch_size={batch_size}. Lower batch_size or set drop_remainder=False.")
     train = make_dataset(x_train, y_train, batch_size, training=True, seed=seed,
-                         first_epoch=first_epoch, **common, **augmentation)
+                         first_epoch=first_epoch, **common, **train_opts)
     validation = make_dataset(x_val, y_val, batch_size, training=False, **common) if num_validation else None
     test = make_dataset(arrays["x_test"], arrays["y_test"], batch_size, training=False, **common)
 
     def train_from(epoch):
         return make_dataset(x_train, y_train, batch_size, training=True, seed=seed,
-                            first_epoch=epoch, **common, **augmentation)
+                            first_epoch=epoch, **common, **train_opts)
 
     shape = tuple(x_train.shape[1:])
     input_shape = (int(np.prod(shape)),) if flatten else shape + (1,) if add_channel_axis else shape
     return Datasets(name=name, train=train, validation=validation, test=test,
                     train_from=train_from, input_shape=input_shape, num_classes=num_classes,
                     num_train=len(x_train), num_validation=num_validation, num_test=len(arrays["x_test"]),
-                    mean=mean, std=std)
+                    mean=mean, std=std,
+                    steps_per_epoch=(len(x_train) // batch_size if opts.drop_remainder
+                                     else -(-len(x_train) // batch_size)))

@@ -36,7 +36,6 @@ early-stopping criterion); the test set is never used to choose anything.
 """
 
 import json
-import math
 import os
 import time
 
@@ -243,7 +242,7 @@ def _run(config, workdir):
   distribute.log_strategy(strategy)
   ds = data.from_config(config, first_epoch=0)
   workdirs.record(workdir, config)  # the config and data are known good
-  steps = math.ceil(ds.num_train / config.batch_size)
+  steps = ds.steps_per_epoch
   rows = []
   for level in range(config.imp.levels + 1):
     done = os.path.join(workdir, f"level_{level:02d}", "results.json")

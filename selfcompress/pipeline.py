@@ -171,7 +171,8 @@ def make_dataset(x, y, batch_size, *, training, seed=0, mean=None, std=None, fla
     With `first_epoch` (training only) the dataset is endless: epoch `e` is
     shuffled and augmented with seeds derived from `(seed, e)`, so a run
     resumed at epoch `k` sees exactly the batches an uninterrupted run would
-    (use it with `fit(steps_per_epoch=ceil(N / batch_size))`).
+    (use it with `fit(steps_per_epoch=ceil(N / batch_size))`, or `N // batch_size` with
+    `drop_remainder`).
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2 or y.ndim not in (1, 2) or len(x) != len(y):

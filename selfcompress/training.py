@@ -273,7 +273,7 @@ def _run(config, workdir, strategy, chief, extend_epochs):
   else:
     with strategy.scope():
       model = build_model(config, ds.input_shape, ds.num_classes,
-                          math.ceil(ds.num_train / config.batch_size))
+                          ds.steps_per_epoch)
   # The config, data and model are known good: from here on the workdir
   # records this run.
   if chief:
@@ -299,7 +299,7 @@ def _run(config, workdir, strategy, chief, extend_epochs):
           os.path.join(workdir, "tensorboard", "layers")))
     fit_kwargs = dict(
         validation_data=ds.validation, shuffle=False, verbose=fit_verbose,
-        steps_per_epoch=math.ceil(ds.num_train / config.batch_size))
+        steps_per_epoch=ds.steps_per_epoch)
     if config.shed_every_epochs:
       model, _ = shed_training.fit_and_shed(
           model, ds.train_from, epochs=config.epochs,

@@ -365,3 +365,22 @@ def test_from_config_reads_a_config_or_its_record(tmp_path):
         np.testing.assert_array_equal(y1.numpy(), y2.numpy())
     # The defaults of `load` are those of config.base().
     assert data.options_from() == data.options_from(config_lib.base())
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_drop_remainder_trains_on_full_batches_only(tmp_path, drop):
+    from selfcompress import config as config_lib
+    directory = write_dataset_dir(str(tmp_path / "d"), tiny_arrays(n_train=30))
+    config = config_lib.base()
+    config.drop_remainder = drop
+    d = data.load("mnist", directory, batch_size=4, num_validation=3, seed=0, verify_checksums=False,
+                  first_epoch=0, options=data.options_from(config))
+    assert d.steps_per_epoch == (6 if drop else 7)  # 27 training examples
+    sizes = [len(y) for _, y in d.train.take(2 * d.steps_per_epoch)]
+    assert sizes == ([4] * 6 + [3] if not drop else [4] * 6) * 2
+    # Evaluation keeps every example.
+    assert sum(len(y) for _, y in d.validation) == 3 and sum(len(y) for _, y in d.test) == 6
+    if drop:
+        with pytest.raises(data.DataError, match="drop_remainder leaves no batch"):
+            data.load("mnist", directory, batch_size=64, num_validation=3, verify_checksums=False,
+                      options=data.options_from(config))

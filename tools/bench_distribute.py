@@ -13,7 +13,6 @@ not a speed-up.
   python tools/bench_distribute.py --data_dir=../shared/data/mnist
 """
 
-import math
 import os
 import statistics
 import time
@@ -40,7 +39,7 @@ def main(_):
   distribute.split_cpu(FLAGS.devices)
   ds = data.load("mnist", FLAGS.data_dir, batch_size=FLAGS.batch_size,
                  seed=0, first_epoch=0)
-  steps_per_epoch = math.ceil(ds.num_train / FLAGS.batch_size)
+  steps_per_epoch = ds.steps_per_epoch
   strategies = {"one device": tf.distribute.get_strategy(),
                 f"mirrored x{FLAGS.devices}": _mirrored()}
   print(f"{os.cpu_count()} CPUs, logical devices: "

@@ -15,7 +15,6 @@ batches, `--repeats` times, and the medians are compared.
       --models=lenet300,lenet5 --epochs=10 --gamma=1.0
 """
 
-import math
 import os
 import statistics
 import time
@@ -77,7 +76,7 @@ def run(name, shed):
                                              FLAGS.gamma, FLAGS.seed)
   ds = data.load("mnist", FLAGS.data_dir, batch_size=c.batch_size,
                  seed=c.seed, first_epoch=0)
-  steps = math.ceil(ds.num_train / c.batch_size)
+  steps = ds.steps_per_epoch
   model = training.build_model(c, ds.input_shape, ds.num_classes, steps)
   timer = StepTimes()
   start = time.perf_counter()
