@@ -433,7 +433,7 @@ def load(name, data_dir=None, *, batch_size=60, num_validation=None, seed=0, fla
     common = {"mean": mean, "std": std, "flatten": flatten, "add_channel_axis": add_channel_axis,
               "rescale": opts.rescale}
     train_opts = {"crop_padding": opts.random_crop_padding, "flip": opts.random_flip,
-                    "drop_remainder": opts.drop_remainder}
+                  "drop_remainder": opts.drop_remainder}
     if opts.drop_remainder and len(x_train) < batch_size:
         raise DataError(f"drop_remainder leaves no batch: {len(x_train)} training examples are fewer "
                         f"than batch_size={batch_size}. Lower batch_size or set drop_remainder=False.")

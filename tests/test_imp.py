@@ -46,7 +46,7 @@ def prepared(config, workdir, level):
                  num_validation=config.num_validation, seed=config.seed,
                  verify_checksums=False, first_epoch=0,
                  max_train_examples=config.max_train_examples)
-  steps = math.ceil(ds.num_train / config.batch_size)
+  steps = ds.steps_per_epoch
   return imp.prepare_level(config, ds, steps, level, workdir), steps
 
 

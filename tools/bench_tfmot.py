@@ -29,7 +29,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -59,7 +58,7 @@ def main(argv):
   from selfcompress.pruning import size as size_lib
 
   ds = data.load("mnist", FLAGS.data_dir, batch_size=60, seed=FLAGS.seed)
-  steps = int(np.ceil(ds.num_train / 60))
+  steps = ds.steps_per_epoch
   hidden = (1 - FLAGS.fraction) ** FLAGS.levels
   output = (1 - FLAGS.fraction * FLAGS.output_rate) ** FLAGS.levels
   tf_keras.utils.set_random_seed(FLAGS.seed)
