@@ -157,10 +157,29 @@ class SelfCompressingModel(keras.Model):
     elementwise ops that XLA fuses into one pass; without it a small dense
     network's step is dominated by them. But XLA's CPU convolutions are about
     twice as slow as TensorFlow's oneDNN ones (LeNet-5: BENCHMARKS.md), which
-    outweighs the fusion."""
+    outweighs the fusion.
+
+    On a CPU, "auto" compiles only training with XLA: evaluation would
+    compile its step anew at each model build (each `shed()`) and for each
+    new batch shape, about 3 s each for LeNet-300-100 on 2 cores, against
+    about 0.1 s per epoch it saves on a 5,000-image validation set
+    (BENCHMARKS.md). An explicit `jit_compile=True` compiles both."""
+    self._xla_evaluation = True
     if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
       jit_compile = _xla_pays_off(self)
+      self._xla_evaluation = bool(tf.config.list_logical_devices("GPU"))
     super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+  def make_test_function(self, force=False):
+    """Keras' test step, compiled by XLA only if training's is and
+    `compile()` did not choose XLA itself on a CPU (see there)."""
+    if getattr(self, "_xla_evaluation", True) or not self.jit_compile:
+      return super().make_test_function(force)
+    self.jit_compile = False
+    try:
+      return super().make_test_function(force)
+    finally:
+      self.jit_compile = True
 
   def fit(self, *args, **kwargs):
     """`keras.Model.fit` with a `CompressionMonitor` attached: a NaN loss

@@ -105,6 +105,38 @@ def test_fit_shrinks_model_at_least_4x_and_stays_accurate(tmp_path):
   assert sc.size(loaded) == end
 
 
+def test_auto_xla_trains_compiled_and_evaluates_uncompiled_on_cpu(
+    monkeypatch):
+  import tensorflow as tf
+  from keras.src.backend.tensorflow import trainer as tf_trainer
+  if tf.config.list_logical_devices("GPU"):
+    pytest.skip("the rule is for CPUs")
+  made = []  # (step, jit_compile) of each step function Keras builds
+  make = tf_trainer.TensorFlowTrainer._make_function
+
+  def spy(self, step_function):
+    made.append((step_function.__name__, self.jit_compile))
+    return make(self, step_function)
+
+  monkeypatch.setattr(tf_trainer.TensorFlowTrainer, "_make_function", spy)
+  x, y = _blobs(n=256)
+  model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+  cm = sc.compress(model, gamma=0.01)
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  cm.compile("adam", loss, metrics=["accuracy"])  # jit_compile="auto"
+  cm.fit(x, y, validation_data=(x, y), epochs=1, batch_size=64, verbose=0)
+  assert made == [("train_step", True), ("test_step", False)]
+  assert cm.jit_compile is True
+  # Evaluation without XLA computes what it computes with it.
+  uncompiled = cm.evaluate(x, y, verbose=0, return_dict=True)
+  made.clear()
+  cm.compile("adam", loss, metrics=["accuracy"], jit_compile=True)
+  compiled = cm.evaluate(x, y, verbose=0, return_dict=True)
+  assert made == [("test_step", True)]  # asked for: XLA everywhere
+  assert compiled["accuracy"] == uncompiled["accuracy"]
+  np.testing.assert_allclose(compiled["loss"], uncompiled["loss"], rtol=1e-5)
+
+
 def test_target_kb_adapts_gamma_to_land_on_budget():
   x, y = _blobs()
   model = keras.Sequential([
