@@ -16,12 +16,16 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
                  **fit_kwargs):
   """`model.fit` that swaps in `shed(model)` every `shed_every_epochs`.
 
-  Training runs in segments of `shed_every_epochs` epochs. Between segments
-  the dead channels are removed (`selfcompress.shed`, exact) and the
+  Every `shed_every_epochs` epochs, at the epoch's end, it asks whether
+  shedding pays (`min_reduction`). Only then does the current `fit` end:
+  the dead channels are removed (`selfcompress.shed`, exact), the
   optimizer's step and per-weight state (Adam's moments) are carried over,
   sliced to the channels that remain, so the loss curve continues without a
-  jump. A run resumed at a segment boundary sheds first, as the
-  uninterrupted run did.
+  jump, and a new `fit` trains the shed model from the next epoch. Epochs
+  where shedding does not pay run on in the same `fit` (a new one costs
+  its setup and a new pass of the input pipeline: about 0.2 s an epoch for
+  LeNet-300-100, BENCHMARKS.md). A run resumed at a boundary sheds first
+  if that pays, as the uninterrupted run did.
 
   Args:
     model: a compiled model (usually a `SelfCompressingModel`).
@@ -33,9 +37,10 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
       training step, which costs seconds; shedding a handful of channels
       does not pay for that.
     epochs, initial_epoch, callbacks, **fit_kwargs: as for `fit`. Callbacks
-      see `on_train_begin`/`on_train_end` once per segment, except a
-      `WithinBudget` (one is added for a model with a `target_kb`), which
-      lands once, at the end of the whole training.
+      see `on_train_begin`/`on_train_end` once per `fit` (one more after
+      each shed), except a `WithinBudget` (one is added for a model with a
+      `target_kb`), which lands once, at the end of the whole training. A
+      callback that stops training (`model.stop_training`) ends it.
 
   Returns:
     `(model, history)`: the final (shed) model, and a `History` whose
@@ -55,19 +60,24 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
     callbacks.append(budgets[0])
   for budget in budgets:
     budget.final = False
+  # Last: it sees whether another callback stopped training at that epoch.
+  check = _ShedCheck(shed_every_epochs, min_reduction, epochs)
   try:
     epoch = initial_epoch
-    while epoch < epochs and not getattr(model, "stop_training", False):
-      if epoch > 0 and epoch % shed_every_epochs == 0:
-        model = _shed(model, epoch, min_reduction)
-      stop = min(epochs, (epoch // shed_every_epochs + 1) * shed_every_epochs)
+    if 0 < epoch < epochs and epoch % shed_every_epochs == 0:
+      model = _shed(model, epoch, min_reduction)
+    while epoch < epochs:
+      check.shed_at = None
       segment = distribute.fit(model, train(epoch) if callable(train) else train,
-                               epochs=stop, initial_epoch=epoch,
-                               callbacks=callbacks, **fit_kwargs)
+                               epochs=epochs, initial_epoch=epoch,
+                               callbacks=callbacks + [check], **fit_kwargs)
       for key, values in segment.history.items():
         history.history.setdefault(key, []).extend(values)
       history.epoch.extend(segment.epoch)
-      epoch = stop
+      if check.shed_at is None:  # the last epoch, or stopped by a callback
+        break
+      epoch = check.shed_at
+      model = _shed(model, epoch, min_reduction)
   finally:
     for budget in budgets:
       budget.final = True
@@ -77,12 +87,41 @@ def fit_and_shed(model, train, *, epochs, shed_every_epochs=1,
   return model, history
 
 
-def _shed(model, epoch, min_reduction):
-  before = model.count_params()
+class _ShedCheck(keras.callbacks.Callback):
+  """Stops `fit` at the end of the first epoch, of those `every` epochs
+  apart, after which shedding pays; `shed_at` is the next epoch."""
+
+  def __init__(self, every, min_reduction, epochs):
+    super().__init__()
+    self.every, self.min_reduction, self.epochs = every, min_reduction, epochs
+    self.shed_at = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    done = epoch + 1
+    if (done % self.every or done >= self.epochs
+        or self.model.stop_training):
+      return
+    if _smaller(self.model, self.min_reduction) is not None:
+      self.shed_at = done
+      self.model.stop_training = True
+
+
+def _smaller(model, min_reduction):
+  """`shed(model)` if it has at least `min_reduction` fewer parameters,
+  else None."""
   with model.distribute_strategy.scope():  # new variables are distributed too
     smaller = shedding.shed(model)
-    if smaller.count_params() > before * (1.0 - min_reduction):
-      return model
+  if smaller.count_params() > model.count_params() * (1.0 - min_reduction):
+    return None
+  return smaller
+
+
+def _shed(model, epoch, min_reduction):
+  before = model.count_params()
+  smaller = _smaller(model, min_reduction)
+  if smaller is None:
+    return model
+  with model.distribute_strategy.scope():
     shedding.carry_optimizer(model, smaller)
   logging.info("Shed after epoch %d: %d -> %d parameters.", epoch, before,
                smaller.count_params())

@@ -295,6 +295,48 @@ def test_fit_and_shed_shrinks_during_training_without_a_loss_jump():
                                                          rel=1e-5)
 
 
+class _Fits(keras.callbacks.Callback):
+  """Counts the `fit` calls it is handed to (`on_train_begin`)."""
+
+  def __init__(self, stop_after=None):
+    super().__init__()
+    self.fits, self.stop_after = 0, stop_after
+
+  def on_train_begin(self, logs=None):
+    self.fits += 1
+
+  def on_epoch_end(self, epoch, logs=None):
+    if epoch == self.stop_after:
+      self.model.stop_training = True
+
+
+def test_fit_and_shed_keeps_one_fit_while_shedding_does_not_pay():
+  x, y = _blobs()
+  # No shed removes every parameter: one fit for every epoch.
+  fits = _Fits()
+  model = _compiled()
+  start = model.count_params()
+  final, history = sc.fit_and_shed(model, _xy(x, y), epochs=4,
+                                   shed_every_epochs=1, min_reduction=1.0,
+                                   callbacks=[fits], verbose=0)
+  assert final is model and final.count_params() == start
+  assert fits.fits == 1 and history.epoch == [0, 1, 2, 3]
+  # Any shed pays: a new fit after each one, every epoch still trained once.
+  fits = _Fits()
+  final, history = sc.fit_and_shed(_compiled(), _xy(x, y), epochs=4,
+                                   shed_every_epochs=2, min_reduction=0.0,
+                                   callbacks=[fits], verbose=0)
+  assert final.count_params() < start
+  assert fits.fits == 2 and history.epoch == [0, 1, 2, 3]
+  # A callback that stops training ends it, even where a shed would pay.
+  fits = _Fits(stop_after=1)
+  final, history = sc.fit_and_shed(_compiled(), _xy(x, y), epochs=4,
+                                   shed_every_epochs=2, min_reduction=0.0,
+                                   callbacks=[fits], verbose=0)
+  assert fits.fits == 1 and history.epoch == [0, 1]
+  assert final.count_params() == start
+
+
 def _xy(x, y):
   import tensorflow as tf
   return tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
