@@ -246,6 +246,11 @@ class EpochLog(keras.callbacks.Callback):
 
   The records (`history`, a list of dicts, shared with the checkpoint) are
   also written to `metrics.json` and `metrics.csv` in `directory`, atomically.
+
+  An epoch's `seconds` is the wall time since the previous epoch's record
+  (the first: since training began): what happens between epochs counts
+  too, e.g. other callbacks and, when one instance is handed to every
+  `fit` of a training (`fit_and_shed`), the sheds between them.
   """
 
   def __init__(self, history, directory=None, total_epochs=None,
@@ -255,19 +260,24 @@ class EpochLog(keras.callbacks.Callback):
     self.directory = directory
     self.total_epochs = total_epochs
     self.print_fn = print_fn
+    self._since = None
 
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = time.perf_counter()
+  def on_train_begin(self, logs=None):
+    if self._since is None:
+      self._since = time.perf_counter()
 
   def on_epoch_end(self, epoch, logs=None):
+    if self._since is None:  # not handed to fit() (called directly)
+      self._since = time.perf_counter()
     record = {"epoch": epoch + 1,
-              "seconds": time.perf_counter() - self._start}
+              "seconds": time.perf_counter() - self._since}
     record.update({k: float(np.asarray(v)) for k, v in (logs or {}).items()})
     self.history.append(record)
     if self.print_fn is not None:
       self.print_fn(format_epoch(record, self.total_epochs))
     if self.directory:
       write_history(self.directory, self.history)
+    self._since = time.perf_counter()
 
 
 def format_epoch(r, total=None):

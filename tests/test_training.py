@@ -450,3 +450,20 @@ def test_tensorboard_passes_no_step_logs_it_does_not_record(tmp_path,
   per_step = [n for n in names if n.startswith("batch_")]
   assert (not per_step) if ours else len(per_step) == 8
   assert names.count("epoch_loss") == 2
+
+
+def test_epoch_seconds_count_the_work_between_fits():
+  """One `EpochLog` handed to two fits (as `fit_and_shed` does around a
+  shed): the pause between them counts in the next epoch's seconds."""
+  import keras
+  from selfcompress import callbacks as cb
+  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+  model.compile("sgd", "mse", run_eagerly=True)
+  x, y = np.ones((8, 4), "float32"), np.ones((8, 1), "float32")
+  history = []
+  log = cb.EpochLog(history, print_fn=None)
+  model.fit(x, y, epochs=1, verbose=0, callbacks=[log])
+  time.sleep(1.5)  # the work between two fits
+  model.fit(x, y, epochs=2, initial_epoch=1, verbose=0, callbacks=[log])
+  assert [r["epoch"] for r in history] == [1, 2]
+  assert history[1]["seconds"] >= 1.5
