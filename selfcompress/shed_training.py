@@ -2,6 +2,7 @@
 shrinks during the run, so later epochs are cheaper."""
 
 import keras
+import numpy as np
 from absl import logging
 
 from selfcompress import distribute
@@ -95,15 +96,32 @@ class _ShedCheck(keras.callbacks.Callback):
     super().__init__()
     self.every, self.min_reduction, self.epochs = every, min_reduction, epochs
     self.shed_at = None
+    self._tried = None  # the liveness at the last shed that did not pay
 
   def on_epoch_end(self, epoch, logs=None):
     done = epoch + 1
     if (done % self.every or done >= self.epochs
         or self.model.stop_training):
       return
+    # The same channels alive: the same shed model, which did not pay.
+    # (Building one costs about 0.15 s for LeNet-300-100.)
+    alive = _liveness(self.model)
+    if alive == self._tried:
+      return
+    self._tried = alive
     if _smaller(self.model, self.min_reduction) is not None:
       self.shed_at = done
       self.model.stop_training = True
+
+
+def _liveness(model):
+  """Which channels of `model` are alive and which inputs its layers read.
+  While they stay the same, `shed(model)` keeps the same channels (it may
+  keep a dead one whose output is not a constant it can fold, rare)."""
+  flow = graph_lib.ChannelGraph.of(model).propagate()
+  return tuple(np.asarray(v).astype(bool).tobytes()
+               for part in (flow.tensors, flow.in_alive)
+               for v in part.values())
 
 
 def _smaller(model, min_reduction):
